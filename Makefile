@@ -1,0 +1,59 @@
+# Two commands set everything up from nothing: `make demo` and `make test`.
+# The virtualenv and the Delta jars are cached outside the clone, keyed by the
+# hash of what defines them (setup.py, conf/maven/pom.xml), so a second clone
+# (CI) reuses them in seconds.
+
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+CACHE ?= $(HOME)/.cache/tsa-suite
+REQ_HASH := $(shell cat setup.py | sha256sum | cut -c1-12)
+POM_HASH := $(shell cat conf/maven/pom.xml | sha256sum | cut -c1-12)
+VENV_DIR := $(CACHE)/venv-$(REQ_HASH)
+JARS_DIR := $(CACHE)/jars-$(POM_HASH)
+PY := .venv/bin/python
+export PYTHONPATH := $(CURDIR)
+export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/.venv/bin/python
+export TSA_DELTA_JARS := $(CURDIR)/.deps/jars
+PYTEST_ARGS ?=
+
+.PHONY: setup venv jars test demo bench clean
+
+setup: venv jars
+
+venv: .venv/.ready
+.venv/.ready: setup.py
+	@if [ ! -f "$(VENV_DIR)/.ready" ]; then \
+	  echo "[setup] creating virtualenv $(VENV_DIR) (first time: a few minutes for pyspark and torch)"; \
+	  rm -rf "$(VENV_DIR)" && mkdir -p "$(CACHE)" && \
+	  $(PYTHON_BOOT) -m venv "$(VENV_DIR)" && \
+	  "$(VENV_DIR)/bin/pip" install -q --upgrade pip && \
+	  "$(VENV_DIR)/bin/pip" install -q ".[test]" && \
+	  "$(VENV_DIR)/bin/pip" uninstall -q -y tsa_lib && \
+	  rm -rf build tsa_lib.egg-info && \
+	  touch "$(VENV_DIR)/.ready"; \
+	else echo "[setup] reusing virtualenv $(VENV_DIR)"; fi
+	@rm -rf .venv && ln -s "$(VENV_DIR)" .venv
+
+jars: .deps/jars/.ready
+.deps/jars/.ready: conf/maven/pom.xml
+	@if [ ! -f "$(JARS_DIR)/.ready" ]; then \
+	  echo "[setup] fetching Delta jars with Maven into $(JARS_DIR)"; \
+	  rm -rf "$(JARS_DIR)" && mkdir -p "$(JARS_DIR)" && \
+	  mvn -q -B -f conf/maven/pom.xml dependency:copy-dependencies \
+	      -DincludeScope=runtime -DoutputDirectory="$(JARS_DIR)" && \
+	  touch "$(JARS_DIR)/.ready"; \
+	else echo "[setup] reusing Delta jars $(JARS_DIR)"; fi
+	@mkdir -p .deps && rm -rf .deps/jars && ln -s "$(JARS_DIR)" .deps/jars
+
+test: setup
+	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m tsa_lib.demo --config conf/local.yaml
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf .venv .deps warehouse artifacts

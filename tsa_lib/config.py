@@ -1,0 +1,285 @@
+"""The suite's typed configuration: one ``SuiteConfig`` loaded from YAML.
+
+``load_config(path)`` parses the file, rejects unknown keys, checks every value
+and returns frozen dataclasses.  Errors are ``ConfigError`` naming the dotted
+key and the value received.  The data contract of DESIGN.md section 3 lives in
+``InputConfig`` (where the user's tables are) and ``ColumnsConfig`` (which of
+their columns play which role), so pointing the suite at other tables needs no
+code change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from tsa_lib.config_base import (
+    ConfigError,
+    check_choice,
+    check_identifier,
+    check_positive,
+    check_qualified_name,
+    config_hash,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = [
+    "ConfigError",
+    "PROJECT_ROOT",
+    "SparkConfig",
+    "TableSource",
+    "InputConfig",
+    "ColumnsConfig",
+    "StorageConfig",
+    "SequenceConfig",
+    "QualityConfig",
+    "GeneratorConfig",
+    "SuiteConfig",
+    "load_config",
+    "config_hash",
+    "to_dict",
+]
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How to get a SparkSession.  ``target: local`` builds an embedded one with Delta jars."""
+
+    target: Literal["local", "cluster"] = "local"
+    master: str = "local[2]"
+    app_name: str = "tsa"
+    shuffle_partitions: int = 4
+    driver_memory: str = "4g"
+    arrow_max_records_per_batch: int = 100_000
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_positive("spark.shuffle_partitions", self.shuffle_partitions)
+        check_positive("spark.arrow_max_records_per_batch", self.arrow_max_records_per_batch)
+        if not self.master:
+            raise ConfigError(f"spark.master: must be non-empty, got {self.master!r}")
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A table given by storage ``path`` (Delta or Parquet) or by metastore ``table`` name."""
+
+    path: Optional[str] = None
+    table: Optional[str] = None
+    format: Literal["delta", "parquet"] = "delta"
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.table is None):
+            raise ConfigError(f"exactly one of path/table must be set, got path={self.path!r} table={self.table!r}")
+        if self.table is not None:
+            check_qualified_name("table", self.table)
+        if self.path is not None and not self.path.strip():
+            raise ConfigError(f"path: must be non-empty, got {self.path!r}")
+
+    def resolved_path(self, root: Path) -> Optional[str]:
+        """Absolute path (relative paths are taken from ``root``), or None for a metastore table."""
+        if self.path is None:
+            return None
+        if "://" in self.path or os.path.isabs(self.path):
+            return self.path
+        return str((root / self.path).resolve())
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    transactions: TableSource
+    order_features: Optional[TableSource] = None
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """Which of the user's columns play which role (DESIGN.md section 3)."""
+
+    order_id: str = "order_id"
+    customer_id: str = "customer_id"
+    card_id: str = "card_id"
+    event_time: str = "order_ts"
+    label: Optional[str] = "is_fraud"
+    categorical: tuple[str, ...] = ()
+    numerical: tuple[str, ...] = ()
+    engineered: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("order_id", "customer_id", "card_id", "event_time"):
+            check_identifier(f"columns.{key}", getattr(self, key))
+        if self.label is not None:
+            check_identifier("columns.label", self.label)
+        for group in ("categorical", "numerical", "engineered"):
+            for i, c in enumerate(getattr(self, group)):
+                check_identifier(f"columns.{group}[{i}]", c)
+        if not self.categorical and not self.numerical:
+            raise ConfigError("columns: at least one categorical or numerical sequence column is required")
+        seen: dict[str, str] = {}
+        roles = [("order_id", [self.order_id]), ("customer_id", [self.customer_id]), ("card_id", [self.card_id]),
+                 ("event_time", [self.event_time]), ("label", [self.label] if self.label else []),
+                 ("categorical", list(self.categorical)), ("numerical", list(self.numerical)),
+                 ("engineered", list(self.engineered))]
+        for role, cols in roles:
+            for c in cols:
+                if c in seen:
+                    raise ConfigError(f"columns.{role}: column {c!r} is already used as {seen[c]}")
+                seen[c] = role
+
+    @property
+    def sequence_columns(self) -> tuple[str, ...]:
+        return tuple(self.categorical) + tuple(self.numerical)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where the suite's own tables live.  Local: Delta folders under ``warehouse``."""
+
+    warehouse: str = "warehouse"
+    database: str = "tsa"
+    sequences_customer: str = "sequences_customer"
+    sequences_card: str = "sequences_card"
+    examples: str = "examples"
+    scores: str = "scores"
+    quarantine: str = "quarantine"
+    metrics: str = "metrics"
+    artifacts: str = "artifacts"
+
+    def __post_init__(self) -> None:
+        check_identifier("storage.database", self.database)
+        for key in ("sequences_customer", "sequences_card", "examples", "scores", "quarantine", "metrics"):
+            check_identifier(f"storage.{key}", getattr(self, key))
+
+    def warehouse_path(self, root: Path = PROJECT_ROOT) -> str:
+        if "://" in self.warehouse or os.path.isabs(self.warehouse):
+            return self.warehouse
+        return str((root / self.warehouse).resolve())
+
+    def table_path(self, name: str, root: Path = PROJECT_ROOT) -> str:
+        """Storage location of one of the suite's tables: ``<warehouse>/<database>/<table>``."""
+        table = getattr(self, name) if hasattr(self, name) else check_identifier("table", name)
+        return f"{self.warehouse_path(root).rstrip('/')}/{self.database}/{table}"
+
+    def qualified(self, name: str) -> str:
+        return f"{self.database}.{getattr(self, name)}"
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Order aggregation: last ``max_len`` past orders of an entity, then the order itself."""
+
+    max_len: int = 50
+    max_history_days: Optional[float] = 365.0
+    max_orders_per_entity_day: int = 1000
+    time_unit_seconds: float = 86400.0
+
+    def __post_init__(self) -> None:
+        check_positive("sequences.max_len", self.max_len)
+        if self.max_history_days is not None:
+            check_positive("sequences.max_history_days", self.max_history_days)
+        check_positive("sequences.max_orders_per_entity_day", self.max_orders_per_entity_day)
+        check_positive("sequences.time_unit_seconds", self.time_unit_seconds)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Data quality rules: allowed numeric ranges and defaults for nulls."""
+
+    numeric_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    categorical_default: str = "__null__"
+    numerical_default: float = 0.0
+
+    def __post_init__(self) -> None:
+        for col, rng in self.numeric_ranges.items():
+            if len(rng) != 2 or not rng[0] <= rng[1]:
+                raise ConfigError(f"quality.numeric_ranges.{col}: expected [low, high] with low <= high, got {list(rng)!r}")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Synthetic data (the embedded default's input)."""
+
+    seed: int = 7
+    n_customers: int = 20_000
+    start_date: str = "2026-01-01"
+    n_days: int = 60
+    orders_per_customer_per_day: float = 0.17
+    fraud_rate: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_positive("generator.n_customers", self.n_customers)
+        check_positive("generator.n_days", self.n_days)
+        check_positive("generator.orders_per_customer_per_day", self.orders_per_customer_per_day)
+        if not 0.0 < self.fraud_rate < 0.5:
+            raise ConfigError(f"generator.fraud_rate: must be in (0, 0.5), got {self.fraud_rate!r}")
+        _check_date("generator.start_date", self.start_date)
+
+
+def _check_date(key: str, value: str) -> str:
+    import datetime as _dt
+
+    try:
+        _dt.date.fromisoformat(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {value!r} is not a YYYY-MM-DD date") from e
+    return value
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything a job needs.  Sections not used by a job keep their defaults."""
+
+    input: InputConfig
+    columns: ColumnsConfig
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self) -> None:
+        for col in self.quality.numeric_ranges:
+            if col not in set(self.columns.numerical) | set(self.columns.engineered):
+                raise ConfigError(
+                    f"quality.numeric_ranges: {col!r} is not a numerical or engineered column "
+                    f"(numerical={list(self.columns.numerical)}, engineered={list(self.columns.engineered)})"
+                )
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self)
+
+    def replace(self, **changes: Any) -> "SuiteConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> SuiteConfig:
+    """Load and validate a suite config from YAML; ``overrides`` are merged on top (nested dicts)."""
+    data = load_yaml(path)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        cfg = from_dict(SuiteConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    log.info("loaded config %s (hash %s)", path, cfg.hash)
+    return cfg
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out

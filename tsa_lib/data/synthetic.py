@@ -1,0 +1,372 @@
+"""Deterministic synthetic card transactions with planted temporal fraud.
+
+Pure numpy/pandas, no Spark: ``generate(cfg)`` returns two DataFrames,
+``transactions`` (one row per order) and ``order_features`` (engineered,
+static per-order features keyed by order id).  The same seed gives the same
+rows, byte for byte.
+
+Population: customers with 1 to 3 cards, some cards shared by two customers
+(family cards), per-customer spend level, home country, devices and favourite
+merchant categories.
+
+Legitimate look-alikes (label 0), so no single order gives fraud away:
+- ``legit_travel``: a trip abroad for a few days (new country, same device);
+- ``legit_burst``: several small purchases minutes apart (transit, coffee);
+- ``legit_new_device``: a customer switches phone for good;
+- ``legit_new_account``: accounts opened during the window, first orders high.
+
+Fraud (label 1), about ``fraud_rate`` of all orders, planted so that most of
+its signal is in the order of events:
+- ``card_testing``: tiny charges minutes apart, then large ones, on one card;
+- ``account_takeover``: a long silence, then a new device and country;
+- ``stolen_card_new_account``: a victim's card used from a fresh account
+  (visible in the card's history, not in the customer's);
+- ``velocity_ramp``: gaps shrinking and amounts growing on one account.
+
+Dirty rows (null keys, null times, duplicate order ids, NaN/negative amounts)
+are added at ``dirty_rate`` so the quarantine path is exercised.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tsa_lib.config import ColumnsConfig, GeneratorConfig
+
+log = logging.getLogger(__name__)
+
+MCC = np.array(["grocery", "restaurant", "fuel", "transit", "coffee", "apparel", "electronics", "digital_goods",
+                "gift_cards", "travel", "hotel", "pharmacy", "home", "entertainment", "jewelry"])
+MCC_LEGIT_P = np.array([.20, .15, .09, .07, .08, .08, .04, .06, .01, .03, .03, .05, .06, .04, .01])
+CHANNELS = np.array(["pos", "web", "app"])
+COUNTRIES = np.array(["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "BR", "MX", "IN", "NG", "RU", "CN", "TR"])
+HOME_P = np.array([.45, .12, .10, .08, .06, .05, .04, .05, .01, .01, .01, .005, .005, .005, .005])
+HOME_P = HOME_P / HOME_P.sum()
+RISKY = np.array([8, 9, 10, 11, 12, 13, 14])  # indices of countries used by fraudsters
+ENTRY = np.array(["chip", "contactless", "swipe", "ecom", "manual"])
+SCENARIOS = ("legit", "legit_travel", "legit_burst", "legit_new_device", "legit_new_account",
+             "card_testing", "account_takeover", "stolen_card_new_account", "velocity_ramp")
+FRAUD_SCENARIOS = ("card_testing", "account_takeover", "stolen_card_new_account", "velocity_ramp")
+DIRTY_KINDS = ("null_customer", "null_time", "duplicate_order", "nan_amount", "negative_amount")
+
+TRANSACTION_COLUMNS = ColumnsConfig(
+    order_id="order_id",
+    customer_id="customer_id",
+    card_id="card_id",
+    event_time="order_ts",
+    label="is_fraud",
+    categorical=("merchant_category", "channel", "device_id", "country", "entry_mode"),
+    numerical=("amount", "hour_of_day", "items"),
+    engineered=("account_age_days", "card_age_days", "email_risk", "ip_risk", "billing_shipping_match",
+                "customer_tenure_orders"),
+)
+
+
+@dataclass
+class Generated:
+    transactions: pd.DataFrame
+    order_features: pd.DataFrame
+
+
+class _Builder:
+    """Accumulates order columns from many vectorized pieces."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, **cols: np.ndarray) -> None:
+        n = len(cols["ts"])
+        for k, v in cols.items():
+            if np.ndim(v) == 0:
+                cols[k] = np.full(n, v)
+        self.parts.append(cols)
+
+    def frame(self) -> dict[str, np.ndarray]:
+        keys = self.parts[0].keys()
+        return {k: np.concatenate([p[k] for p in self.parts]) for k in keys}
+
+
+def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
+    """Generate the synthetic transactions and engineered features for ``cfg``."""
+    if not 0.0 <= dirty_rate < 0.1:
+        raise ValueError(f"dirty_rate: must be in [0, 0.1), got {dirty_rate!r}")
+    rng = np.random.default_rng(cfg.seed)
+    start = pd.Timestamp(cfg.start_date, tz="UTC").value // 10**9  # epoch seconds
+    span = cfg.n_days * 86400
+    n_c = cfg.n_customers
+
+    # ---- population -------------------------------------------------------
+    home = rng.choice(len(COUNTRIES), n_c, p=HOME_P)
+    spend = np.exp(rng.normal(3.4, 0.6, n_c))  # typical order amount per customer
+    activity = rng.gamma(2.0, cfg.orders_per_customer_per_day / 2.0, n_c)
+    device = np.arange(n_c)  # one device per customer: device ids d<customer>
+    # new accounts: 8% open during the window; the rest opened long before it
+    opened = start - rng.integers(30, 1500, n_c) * 86400
+    is_new = rng.random(n_c) < 0.08
+    opened[is_new] = start + rng.integers(0, span - 86400, is_new.sum())
+    mcc_pref = rng.dirichlet(MCC_LEGIT_P * 30, n_c)
+    n_cards = rng.choice([1, 2, 3], n_c, p=[.55, .33, .12])
+    card_owner = np.repeat(np.arange(n_c), n_cards)
+    n_k = len(card_owner)
+    card_issued = opened[card_owner] + rng.integers(0, 200, n_k) * 86400
+    card_issued = np.minimum(card_issued, np.maximum(opened[card_owner], start + span - 86400))
+    card_first = np.concatenate([[0], np.cumsum(n_cards)[:-1]])  # first card index of each customer
+    # family cards: 3% of cards are also used by a second customer
+    shared_cards = rng.choice(n_k, max(1, int(0.03 * n_k)), replace=False)
+    shared_user = rng.integers(0, n_c, len(shared_cards))
+
+    b = _Builder()
+
+    # ---- ordinary legitimate orders ---------------------------------------
+    life_start = np.maximum(opened, start)
+    life = (start + span - life_start) / 86400.0
+    counts = rng.poisson(activity * life)
+    cust = np.repeat(np.arange(n_c), counts)
+    n = len(cust)
+    day_frac = _hour_of_day(rng, n)
+    ts = life_start[cust] + np.floor(rng.random(n) * life[cust]).astype(np.int64) * 86400 + day_frac
+    ts = np.minimum(ts, start + span - 1)
+    card = card_first[cust] + (rng.random(n) * n_cards[cust]).astype(np.int64)
+    scen = np.full(n, "legit", dtype=object)
+    # family card usage: re-route some orders of the second user onto the shared card
+    fam_mask = np.isin(cust, shared_user) & (rng.random(n) < 0.3)
+    if fam_mask.any():
+        lookup = dict(zip(shared_user.tolist(), shared_cards.tolist()))
+        card[fam_mask] = np.array([lookup[c] for c in cust[fam_mask]])
+    mcc = _choice_rows(rng, mcc_pref[cust])
+    country = home[cust].copy()
+    dev = np.array([f"d{d}" for d in device[cust]], dtype=object)
+    amount = _amounts(rng, spend[cust], mcc)
+    # new accounts spend a bit more on their first orders: a look-alike of fresh-account fraud
+    new_first = is_new[cust] & (ts - opened[cust] < 3 * 86400)
+    amount[new_first] *= rng.uniform(1.5, 3.0, new_first.sum())
+    scen[new_first] = "legit_new_account"
+    b.add(ts=ts, cust=cust, card=card, mcc=mcc, country=country, dev=dev, amount=amount, scen=scen,
+          label=np.zeros(n, np.int8))
+
+    # ---- legitimate look-alikes ---------------------------------------------
+    # travel: 3% of customers spend 3-10 days abroad; orders in that window move country
+    parts = b.parts[0]
+    trav = rng.random(n_c) < 0.03
+    t0 = start + rng.integers(0, span, n_c)
+    t1 = t0 + rng.integers(3, 11, n_c) * 86400
+    dest = rng.choice(len(COUNTRIES), n_c)
+    in_trip = trav[parts["cust"]] & (parts["ts"] >= t0[parts["cust"]]) & (parts["ts"] < t1[parts["cust"]])
+    parts["country"][in_trip] = dest[parts["cust"][in_trip]]
+    parts["scen"][in_trip] = "legit_travel"
+    travel_mcc = rng.choice([3, 9, 10, 1], in_trip.sum())
+    parts["mcc"][in_trip] = travel_mcc
+    # new device for good: 5% of customers switch at a random time
+    sw = rng.random(n_c) < 0.05
+    tsw = start + rng.integers(0, span, n_c)
+    after = sw[parts["cust"]] & (parts["ts"] >= tsw[parts["cust"]])
+    parts["dev"][after] = np.array([f"d{c}b" for c in parts["cust"][after]], dtype=object)
+    parts["scen"][after & (parts["scen"] == "legit")] = "legit_new_device"
+    # bursts of small purchases: 2% of customers, 3-8 small charges minutes apart
+    n_burst = max(1, int(0.02 * n_c))
+    bc = rng.choice(n_c, n_burst, replace=False)
+    k = rng.integers(3, 9, n_burst)
+    bcust = np.repeat(bc, k)
+    room = np.maximum(start + span - life_start[bc] - 86400, 1)
+    bstart = np.repeat(life_start[bc] + (rng.random(n_burst) * room).astype(np.int64), k)
+    step = _within_group_cumsum(rng.integers(60, 900, len(bcust)), k)
+    nb = len(bcust)
+    b.add(ts=np.minimum(bstart + step, start + span - 1), cust=bcust,
+          card=card_first[bcust] + (rng.random(nb) * n_cards[bcust]).astype(np.int64),
+          mcc=rng.choice([3, 4, 1], nb), country=home[bcust], dev=np.array([f"d{c}" for c in bcust], dtype=object),
+          amount=np.round(rng.uniform(0.8, 6.0, nb), 2), scen=np.full(nb, "legit_burst", dtype=object),
+          label=np.zeros(nb, np.int8))
+
+    # ---- fraud --------------------------------------------------------------
+    n_legit = sum(len(p["ts"]) for p in b.parts)
+    target = cfg.fraud_rate * n_legit / (1 - cfg.fraud_rate)
+    per_scenario = target / 4.0
+    next_cust = n_c  # fraudster accounts get fresh customer ids
+    fraud_accounts_opened: list[np.ndarray] = []
+    window_lo = start + 7 * 86400  # leave a week of history before any fraud
+
+    # card testing: 3-8 tiny charges 1-10 minutes apart, then 1-3 large ones, on one card
+    n_ep = max(1, int(round(per_scenario / 7.5)))
+    kcard = rng.integers(0, n_k, n_ep)
+    n_tiny = rng.integers(3, 9, n_ep)
+    n_big = rng.integers(1, 4, n_ep)
+    size = n_tiny + n_big
+    t_ep = rng.integers(window_lo, start + span - 86400, n_ep)
+    own = rng.random(n_ep) < 0.5  # half on the owner's account, half from a fraudster account
+    fr_acc = np.where(own, card_owner[kcard], next_cust + np.arange(n_ep))
+    fraud_accounts_opened.append(np.stack([next_cust + np.arange(n_ep), t_ep - rng.integers(0, 5, n_ep) * 86400]))
+    next_cust += n_ep
+    gaps = rng.integers(60, 600, size.sum())
+    times = np.repeat(t_ep, size) + _within_group_cumsum(gaps, size)
+    pos = _within_group_index(size)
+    tiny = pos < np.repeat(n_tiny, size)
+    ep = np.repeat(np.arange(n_ep), size)
+    amt = np.where(tiny, np.round(rng.uniform(0.5, 2.5, len(ep)), 2), np.round(rng.uniform(250, 1800, len(ep)), 2))
+    mcc_ct = np.where(tiny, rng.choice([7, 4, 13], len(ep)), rng.choice([6, 8, 14], len(ep)))
+    b.add(ts=times, cust=fr_acc[ep], card=kcard[ep], mcc=mcc_ct,
+          country=np.where(rng.random(n_ep) < 0.5, home[card_owner[kcard]], rng.choice(RISKY, n_ep))[ep],
+          dev=np.array([f"x{e}" for e in ep], dtype=object), amount=amt,
+          scen=np.full(len(ep), "card_testing", dtype=object), label=np.ones(len(ep), np.int8))
+
+    # account takeover: silence of 20+ days, then 2-5 orders from a new device and country
+    n_ep = max(1, int(round(per_scenario / 3.5)))
+    victims = rng.choice(np.flatnonzero(~is_new), n_ep, replace=False)
+    t_ep = rng.integers(start + 30 * 86400, start + span - 86400, n_ep) if cfg.n_days > 31 else \
+        rng.integers(window_lo, start + span - 86400, n_ep)
+    gap = rng.integers(20, 40, n_ep) * 86400
+    # carve the silence out of the victim's legitimate history
+    silence = np.zeros(len(b.parts[0]["ts"]), bool)
+    p0 = b.parts[0]
+    vmap = np.full(n_c, -1)
+    vmap[victims] = np.arange(n_ep)
+    vi = vmap[p0["cust"]]
+    has = vi >= 0
+    silence[has] = (p0["ts"][has] >= t_ep[vi[has]] - gap[vi[has]]) & (p0["ts"][has] < t_ep[vi[has]] + 2 * 86400)
+    for key in list(p0):
+        p0[key] = p0[key][~silence]
+    size = rng.integers(2, 6, n_ep)
+    ep = np.repeat(np.arange(n_ep), size)
+    times = np.repeat(t_ep, size) + _within_group_cumsum(rng.integers(300, 3 * 3600, len(ep)), size)
+    vcard = card_first[victims] + (rng.random(n_ep) * n_cards[victims]).astype(np.int64)
+    b.add(ts=times, cust=victims[ep], card=vcard[ep], mcc=rng.choice([6, 8, 14, 5], len(ep)),
+          country=rng.choice(RISKY, n_ep)[ep], dev=np.array([f"a{e}" for e in ep], dtype=object),
+          amount=np.round(spend[victims[ep]] * rng.uniform(3, 12, len(ep)), 2),
+          scen=np.full(len(ep), "account_takeover", dtype=object), label=np.ones(len(ep), np.int8))
+
+    # stolen card from a fresh account: a victim's card with history, a brand-new customer id
+    n_ep = max(1, int(round(per_scenario / 3.0)))
+    kcard = rng.integers(0, n_k, n_ep)
+    t_ep = rng.integers(window_lo, start + span - 86400, n_ep)
+    acc = next_cust + np.arange(n_ep)
+    fraud_accounts_opened.append(np.stack([acc, t_ep - rng.integers(0, 2 * 86400, n_ep)]))
+    next_cust += n_ep
+    size = rng.integers(2, 5, n_ep)
+    ep = np.repeat(np.arange(n_ep), size)
+    times = np.repeat(t_ep, size) + _within_group_cumsum(rng.integers(600, 6 * 3600, len(ep)), size)
+    b.add(ts=times, cust=acc[ep], card=kcard[ep], mcc=rng.choice([6, 5, 8, 0, 12], len(ep)),
+          country=np.where(rng.random(n_ep) < 0.6, home[card_owner[kcard]], rng.choice(RISKY, n_ep))[ep],
+          dev=np.array([f"s{e}" for e in ep], dtype=object),
+          amount=np.round(spend[card_owner[kcard[ep]]] * rng.uniform(2, 6, len(ep)), 2),
+          scen=np.full(len(ep), "stolen_card_new_account", dtype=object), label=np.ones(len(ep), np.int8))
+
+    # velocity ramp: 4-8 orders, each gap halves and each amount grows by half
+    n_ep = max(1, int(round(per_scenario / 6.0)))
+    victims = rng.choice(n_c, n_ep, replace=False)
+    t_ep = rng.integers(window_lo, start + span - 86400, n_ep)
+    size = rng.integers(4, 9, n_ep)
+    ep = np.repeat(np.arange(n_ep), size)
+    pos = _within_group_index(size)
+    gaps = (3600 * 0.5 ** pos * rng.uniform(0.8, 1.2, len(ep))).astype(np.int64) + 30
+    times = np.repeat(t_ep, size) + _within_group_cumsum(gaps, size)
+    vcard = card_first[victims] + (rng.random(n_ep) * n_cards[victims]).astype(np.int64)
+    b.add(ts=times, cust=victims[ep], card=vcard[ep], mcc=rng.choice([6, 5, 8, 13], len(ep)),
+          country=home[victims[ep]], dev=np.array([f"d{c}" for c in victims[ep]], dtype=object),
+          amount=np.round(spend[victims[ep]] * 1.5 ** pos * rng.uniform(0.9, 1.1, len(ep)), 2),
+          scen=np.full(len(ep), "velocity_ramp", dtype=object), label=np.ones(len(ep), np.int8))
+
+    # ---- assemble -------------------------------------------------------------
+    f = b.frame()
+    order = np.lexsort((f["cust"], f["ts"]))
+    f = {k: v[order] for k, v in f.items()}
+    n = len(f["ts"])
+    ts = np.minimum(f["ts"], start + span - 1)
+    channel_p = np.where(np.isin(f["mcc"], [6, 7, 8]), 1, 0)
+    channel = np.where(channel_p == 1, rng.choice([1, 2], n), rng.choice([0, 0, 0, 1, 2], n))
+    entry = np.where(channel == 0, rng.choice([0, 1, 2], n, p=[.5, .4, .1]), np.where(rng.random(n) < .97, 3, 4))
+    entry = np.where(f["label"] == 1, np.where(channel == 0, 2, np.where(rng.random(n) < .3, 4, 3)), entry)
+    tx = pd.DataFrame({
+        "order_id": np.arange(1, n + 1, dtype=np.int64) + 10_000_000,
+        "customer_id": np.char.add("C", f["cust"].astype(str)).astype(object),
+        "card_id": np.char.add("K", f["card"].astype(str)).astype(object),
+        "order_ts": pd.to_datetime(ts, unit="s", utc=True),
+        "merchant_category": MCC[f["mcc"]],
+        "channel": CHANNELS[channel],
+        "device_id": f["dev"].astype(str),
+        "country": COUNTRIES[f["country"]],
+        "entry_mode": ENTRY[entry],
+        "amount": np.round(f["amount"].astype(np.float64), 2),
+        "hour_of_day": ((ts % 86400) / 3600.0).round(3),
+        "items": np.maximum(1, rng.poisson(1.3, n) + (f["amount"] > 200)).astype(np.int32),
+        "is_fraud": f["label"].astype(np.int32),
+        "scenario": f["scen"].astype(str),
+    })
+
+    # ---- engineered per-order features (point in time) -------------------------
+    opened_all = np.concatenate([opened, np.zeros(next_cust - n_c, np.int64)])
+    for arr in fraud_accounts_opened:
+        opened_all[arr[0]] = arr[1]
+    acc_age = (ts - opened_all[f["cust"]]) / 86400.0
+    card_age = (ts - card_issued[f["card"]]) / 86400.0
+    fraud = f["label"] == 1
+    tenure = pd.Series(1, index=range(n)).groupby(f["cust"]).cumsum().to_numpy() - 1
+    feats = pd.DataFrame({
+        "order_id": tx["order_id"].to_numpy(),
+        "account_age_days": np.round(np.maximum(acc_age, 0.0), 3),
+        "card_age_days": np.round(np.maximum(card_age, 0.0), 3),
+        # weak, noisy single-order signals: fraud shifts them a little, legit overlaps heavily
+        "email_risk": np.round(np.clip(rng.beta(2, 8, n) + fraud * rng.normal(0.05, 0.1, n), 0, 1), 4),
+        "ip_risk": np.round(np.clip(rng.beta(2, 6, n) + fraud * rng.normal(0.05, 0.1, n), 0, 1), 4),
+        "billing_shipping_match": np.where(rng.random(n) < np.where(fraud, 0.75, 0.9), 1.0, 0.0),
+        "customer_tenure_orders": tenure.astype(np.float64),
+    })
+    tx = _add_dirty_rows(rng, tx, dirty_rate)
+    log.info("generated %d orders (%d customers, fraud rate %.4f)", len(tx), next_cust,
+             float(tx["is_fraud"].mean()))
+    return Generated(transactions=tx.reset_index(drop=True), order_features=feats)
+
+
+def _add_dirty_rows(rng: np.random.Generator, tx: pd.DataFrame, rate: float) -> pd.DataFrame:
+    """Corrupt a few rows the ways real feeds do; each kind gets its own ``scenario`` tag."""
+    n_bad = int(rate * len(tx))
+    if n_bad == 0:
+        return tx
+    tx = tx.copy()
+    idx = rng.choice(len(tx), n_bad * len(DIRTY_KINDS), replace=False).reshape(len(DIRTY_KINDS), n_bad)
+    tx.loc[idx[0], "customer_id"] = None
+    tx.loc[idx[0], "scenario"] = "dirty_null_customer"
+    tx["order_ts"] = tx["order_ts"].astype("datetime64[us, UTC]")
+    tx.loc[idx[1], "order_ts"] = pd.NaT
+    tx.loc[idx[1], "scenario"] = "dirty_null_time"
+    tx.loc[idx[3], "amount"] = np.nan
+    tx.loc[idx[3], "scenario"] = "dirty_nan_amount"
+    tx.loc[idx[4], "amount"] = -tx.loc[idx[4], "amount"].abs() - 1.0
+    tx.loc[idx[4], "scenario"] = "dirty_negative_amount"
+    dup = tx.loc[idx[2]].copy()
+    dup["amount"] = dup["amount"] + 0.01  # same order id, slightly different payload
+    dup["scenario"] = "dirty_duplicate_order"
+    return pd.concat([tx, dup], ignore_index=True)
+
+
+def _hour_of_day(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Seconds into the day with a daytime peak."""
+    h = np.clip(rng.normal(14.5, 4.0, n), 0, 23.999)
+    return (h * 3600).astype(np.int64)
+
+
+def _choice_rows(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
+    """One draw per row from per-row probability vectors ``p`` [n, k]."""
+    c = np.cumsum(p, axis=1)
+    u = rng.random((len(p), 1)) * c[:, -1:]
+    return (u > c).sum(axis=1)
+
+
+def _amounts(rng: np.random.Generator, level: np.ndarray, mcc: np.ndarray) -> np.ndarray:
+    scale = np.array([1.0, .8, 1.1, .15, .12, 1.3, 4.0, .5, 1.5, 6.0, 5.0, .7, 2.0, .9, 8.0])
+    return np.round(level * scale[mcc] * np.exp(rng.normal(0, 0.5, len(mcc))), 2).clip(0.5, None)
+
+
+def _within_group_index(size: np.ndarray) -> np.ndarray:
+    """[0..s0-1, 0..s1-1, ...] for group sizes ``size``."""
+    ends = np.cumsum(size)
+    return np.arange(ends[-1]) - np.repeat(ends - size, size)
+
+
+def _within_group_cumsum(x: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Cumulative sum of ``x`` restarting at each group, first element of a group -> 0."""
+    c = np.cumsum(x)
+    starts = np.repeat(np.cumsum(size) - size, size)
+    return c - c[starts]

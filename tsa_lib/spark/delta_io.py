@@ -1,0 +1,128 @@
+"""Delta I/O at the edges of the jobs: read the user's inputs, create the suite's
+tables with explicit schemas, replace whole ``ds`` partitions, register names.
+
+Every output table is partitioned by ``ds`` (the run date, a DATE), created with
+deletion vectors and column mapping off (so ``deltalake`` can read it off-Spark),
+and written with ``replaceWhere`` on the run dates only: a re-run replaces those
+partitions and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
+from tsa_lib.config import PROJECT_ROOT, StorageConfig, TableSource
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+TABLE_PROPERTIES = {
+    "delta.enableDeletionVectors": "false",
+    "delta.columnMapping.mode": "none",
+    "delta.appendOnly": "false",
+}
+SUITE_TABLES = ("sequences_customer", "sequences_card", "examples", "scores", "quarantine", "metrics")
+
+
+def read_source(spark: "SparkSession", source: TableSource, root: Path = PROJECT_ROOT) -> "DataFrame":
+    """Read a user table given by path (delta/parquet) or by metastore name."""
+    if source.table is not None:
+        return spark.table(source.table)
+    path = source.resolved_path(root)
+    assert path is not None
+    if "://" not in path and not Path(path).exists():
+        raise FileNotFoundError(f"input table path {path!r} does not exist (format {source.format})")
+    return spark.read.format(source.format).load(path)
+
+
+def ensure_table(
+    spark: "SparkSession",
+    path: str,
+    schema: "StructType",
+    qualified_name: Optional[str] = None,
+    partition_cols: Sequence[str] = ("ds",),
+    comment: Optional[str] = None,
+) -> None:
+    """Create the Delta table at ``path`` with ``schema`` unless it exists; register ``qualified_name``.
+
+    An existing table whose schema lacks one of ``schema``'s columns is an error
+    naming the table and the columns, never a silent schema change.
+    """
+    from delta.tables import DeltaTable
+
+    if DeltaTable.isDeltaTable(spark, path):
+        existing = {f.name for f in spark.read.format("delta").load(path).schema.fields}
+        missing = [f.name for f in schema.fields if f.name not in existing]
+        if missing:
+            raise ValueError(f"Delta table at {path!r} exists without columns {missing}; migrate or drop it")
+    else:
+        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+        if partition_cols:
+            builder = builder.partitionedBy(*partition_cols)
+        for k, v in TABLE_PROPERTIES.items():
+            builder = builder.property(k, v)
+        if comment:
+            builder = builder.comment(comment)
+        builder.execute()
+        log.info("created Delta table %s", path)
+    if qualified_name:
+        register_table(spark, qualified_name, path)
+
+
+def register_table(spark: "SparkSession", qualified_name: str, path: str) -> None:
+    """Make ``qualified_name`` (db.table) point at the Delta folder ``path`` in the session catalog."""
+    db, _, _table = qualified_name.rpartition(".")
+    if db:
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified_name} USING DELTA LOCATION '{_sql_str(path)}'")
+
+
+def register_suite_tables(spark: "SparkSession", storage: StorageConfig, root: Path = PROJECT_ROOT) -> list[str]:
+    """Register every suite table that exists on disk as ``<database>.<table>``; returns the names."""
+    from delta.tables import DeltaTable
+
+    names = []
+    for t in SUITE_TABLES:
+        path = storage.table_path(t, root)
+        if DeltaTable.isDeltaTable(spark, path):
+            register_table(spark, storage.qualified(t), path)
+            names.append(storage.qualified(t))
+    return names
+
+
+def replace_partitions(
+    df: "DataFrame",
+    path: str,
+    dates: Iterable[dt.date],
+    user_metadata: Optional[dict[str, Any]] = None,
+    partition_col: str = "ds",
+) -> None:
+    """Overwrite exactly the ``partition_col`` partitions in ``dates`` of the Delta table at ``path``.
+
+    Rows of ``df`` outside ``dates`` make Delta fail the write (replaceWhere is
+    checked), so a bug can never touch another day's data.
+    """
+    days = sorted(set(dates))
+    if not days:
+        raise ValueError(f"replace_partitions({path!r}): no dates given")
+    cond = f"{partition_col} IN ({', '.join(repr(d.isoformat()) for d in days)})"
+    writer = (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", cond)
+    )
+    if user_metadata:
+        writer = writer.option("userMetadata", json.dumps(user_metadata, sort_keys=True, default=str))
+    writer.save(path)
+    log.info("replaced %s in %s", cond, path)
+
+
+def _sql_str(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("'", "\\'")
