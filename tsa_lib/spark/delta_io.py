@@ -103,16 +103,20 @@ def replace_partitions(
     dates: Iterable[dt.date],
     user_metadata: Optional[dict[str, Any]] = None,
     partition_col: str = "ds",
+    extra_condition: Optional[str] = None,
 ) -> None:
     """Overwrite exactly the ``partition_col`` partitions in ``dates`` of the Delta table at ``path``.
 
     Rows of ``df`` outside ``dates`` make Delta fail the write (replaceWhere is
-    checked), so a bug can never touch another day's data.
+    checked), so a bug can never touch another day's data.  ``extra_condition``
+    narrows what is replaced inside those partitions (e.g. one job's quarantine rows).
     """
     days = sorted(set(dates))
     if not days:
         raise ValueError(f"replace_partitions({path!r}): no dates given")
     cond = f"{partition_col} IN ({', '.join(repr(d.isoformat()) for d in days)})"
+    if extra_condition:
+        cond = f"{cond} AND ({extra_condition})"
     writer = (
         df.write.format("delta")
         .mode("overwrite")

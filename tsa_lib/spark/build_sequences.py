@@ -1,0 +1,142 @@
+"""The build-sequences job: read -> quality -> sequences per entity -> write -> reconcile.
+
+I/O lives here at the edges; the transforms are ``tsa_lib.spark.quality`` and
+``tsa_lib.spark.sequences``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tsa_lib.cli import RunContext
+from tsa_lib.config import PROJECT_ROOT, SuiteConfig
+from tsa_lib.spark.delta_io import ensure_table, read_source, replace_partitions
+from tsa_lib.spark.quality import DS, KID, TS, check_quality, event_time_column
+from tsa_lib.spark.sequences import build_sequences, read_window, sequence_schema
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+JOB = "build_sequences"
+
+
+class ReconciliationError(RuntimeError):
+    """Rows went missing: input targets != sequence targets + quarantined rows."""
+
+
+@dataclass
+class BuildSummary:
+    dates: tuple[dt.date, ...]
+    input_rows: int = 0
+    quarantined_input: int = 0
+    clean_targets: int = 0
+    entity_targets: dict[str, int] = field(default_factory=dict)
+    entity_rows: dict[str, int] = field(default_factory=dict)
+    entity_capped: dict[str, int] = field(default_factory=dict)
+    no_card: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def quarantine_schema() -> "StructType":
+    from pyspark.sql.types import DateType, StringType, StructField, StructType, TimestampType
+
+    return StructType([
+        StructField("order_id", StringType(), True),
+        StructField("event_time", TimestampType(), True),
+        StructField("reason", StringType(), False),
+        StructField("detail", StringType(), True),
+        StructField("raw", StringType(), True),
+        StructField("job", StringType(), False),
+        StructField("stage", StringType(), False),
+        StructField("run_id", StringType(), False),
+        StructField("ds", DateType(), False),
+    ])
+
+
+def write_quarantine(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, rejected: "DataFrame",
+                     job: str) -> None:
+    """Replace this job's quarantine rows for the run dates (other jobs' rows stay)."""
+    path = cfg.storage.table_path("quarantine", PROJECT_ROOT)
+    schema = quarantine_schema()
+    ensure_table(spark, path, schema, cfg.storage.qualified("quarantine"))
+    replace_partitions(rejected.select(*[f.name for f in schema.fields]), path, ctx.dates,
+                       ctx.metadata(cfg.hash), extra_condition=f"job = '{job}'")
+
+
+def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext) -> BuildSummary:
+    """Build and write ``sequences_customer`` and ``sequences_card`` for ``ctx.dates``."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if not ctx.dates:
+        raise ValueError("build_sequences needs --run-date or --start-date/--end-date")
+    dates = sorted(ctx.dates)
+    cols, seq = cfg.columns, cfg.sequences
+    raw = read_source(spark, cfg.input.transactions)
+    ts = event_time_column(raw, cols.event_time)
+    lo, hi = read_window(dates, seq)
+    in_window = ts < F.lit(hi)
+    if lo is not None:
+        in_window &= ts >= F.lit(lo)
+    raw = raw.filter(in_window | ts.isNull())
+
+    checked = check_quality(raw, cols, cfg.quality)
+    last = dates[-1]
+    # rows whose time is unknown cannot be dated: they are reported with the last run date
+    target_date = F.coalesce(F.to_date("event_time"), F.lit(last))
+    rejected = (checked.rejected.withColumn(DS, target_date).filter(F.col(DS).isin(dates))
+                .withColumn("job", F.lit(JOB)).withColumn("stage", F.lit("input"))
+                .withColumn("run_id", F.lit(ctx.run_id)))
+    clean = checked.clean.persist(StorageLevel.MEMORY_AND_DISK)
+    rejected = rejected.persist(StorageLevel.MEMORY_AND_DISK)
+    s = BuildSummary(dates=tuple(dates))
+    try:
+        s.input_rows = raw.filter(F.coalesce(F.to_date(ts), F.lit(last)).isin(dates)).count()
+        s.reasons = {r["reason"]: int(r["count"]) for r in rejected.groupBy("reason").count().collect()}
+        s.quarantined_input = sum(s.reasons.values())
+        s.clean_targets = clean.filter(F.col(DS).isin(dates)).count()
+        s.no_card = clean.filter(F.col(DS).isin(dates) & F.col(KID).isNull()).count()
+        all_rejected = rejected
+        for entity, table in (("customer", "sequences_customer"), ("card", "sequences_card")):
+            res = build_sequences(clean, dates, entity, cols, seq, ctx.run_id)  # type: ignore[arg-type]
+            path = cfg.storage.table_path(table, PROJECT_ROOT)
+            ensure_table(spark, path, sequence_schema(cols), cfg.storage.qualified(table),
+                         comment=f"TSA {entity} sequences: context + targets per ({entity}, ds)")
+            replace_partitions(res.rows, path, dates, ctx.metadata(cfg.hash, entity=entity))
+            agg = (spark.read.format("delta").load(path).filter(F.col(DS).isin(dates))
+                   .agg(F.count("*").alias("rows"), F.sum("n_targets").alias("targets")).collect()[0])
+            s.entity_rows[entity] = int(agg["rows"])
+            s.entity_targets[entity] = int(agg["targets"] or 0)
+            capped = res.capped.withColumn(DS, F.to_date("event_time")).withColumn("job", F.lit(JOB)) \
+                .withColumn("stage", F.lit(table)).withColumn("run_id", F.lit(ctx.run_id))
+            s.entity_capped[entity] = capped.count()
+            if s.entity_capped[entity]:
+                all_rejected = all_rejected.unionByName(capped)
+        write_quarantine(spark, cfg, ctx, all_rejected, JOB)
+    finally:
+        clean.unpersist()
+        rejected.unpersist()
+    reconcile(s)
+    return s
+
+
+def reconcile(s: BuildSummary) -> None:
+    """Nothing lost: every input row of the run dates is in a sequence or in quarantine."""
+    if s.input_rows != s.clean_targets + s.quarantined_input:
+        raise ReconciliationError(f"input rows {s.input_rows} != clean {s.clean_targets} + quarantined "
+                                  f"{s.quarantined_input} for {[d.isoformat() for d in s.dates]}")
+    for entity, targets in s.entity_targets.items():
+        expect = s.clean_targets - s.entity_capped[entity] - (s.no_card if entity == "card" else 0)
+        if targets != expect:
+            raise ReconciliationError(
+                f"{entity} sequences hold {targets} targets, expected {expect} (clean {s.clean_targets}, "
+                f"capped {s.entity_capped[entity]}, without card {s.no_card if entity == 'card' else 0})")
+    log.info("reconciled %s: input %d = clean %d + quarantined %d; customer targets %d, card targets %d "
+             "(+%d without card)", [d.isoformat() for d in s.dates], s.input_rows, s.clean_targets,
+             s.quarantined_input, s.entity_targets.get("customer", 0), s.entity_targets.get("card", 0), s.no_card)

@@ -1,0 +1,127 @@
+"""Data quality: split the user's transactions into clean orders and quarantined rows.
+
+Pure DataFrame -> DataFrame transforms.  A row is quarantined (with a reason and
+a detail naming the column and value) when:
+- a required key (order id, customer id) is null                -> ``null_key``
+- the event time is null or cannot be parsed                     -> ``bad_event_time``
+- a numerical value is NaN or +-inf                              -> ``non_finite``
+- a numerical value is outside ``quality.numeric_ranges``        -> ``out_of_range``
+- its order id was already seen (one copy is kept, chosen by
+  event time then a hash of the whole row: deterministic)       -> ``duplicate_order_id``
+Nulls in feature columns are not errors: they get the configured default.
+A null second-entity id (card) is allowed: that order has no card sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tsa_lib.config import ColumnsConfig, QualityConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+log = logging.getLogger(__name__)
+
+# Canonical internal column names used by every Spark stage after quality checks.
+OID, CID, KID, TS, DS = "_order_id", "_customer_id", "_card_id", "_ts", "ds"
+QUARANTINE_REASONS = ("null_key", "bad_event_time", "non_finite", "out_of_range", "duplicate_order_id",
+                      "entity_daily_cap")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """``clean``: canonical columns + feature columns; ``rejected``: rows with reason/detail/raw."""
+
+    clean: "DataFrame"
+    rejected: "DataFrame"
+
+
+def event_time_column(df: "DataFrame", name: str) -> "Column":
+    """The event time as a timestamp; strings are parsed (unparseable -> null)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DateType, NumericType, StringType, TimestampNTZType, TimestampType
+
+    if name not in df.columns:
+        raise ValueError(f"columns.event_time: column {name!r} is not in the input (columns: {df.columns})")
+    dtype = df.schema[name].dataType
+    if isinstance(dtype, TimestampType):
+        return F.col(name)
+    if isinstance(dtype, (TimestampNTZType, DateType)):
+        return F.col(name).cast("timestamp")
+    if isinstance(dtype, StringType):
+        return F.try_to_timestamp(F.col(name))
+    if isinstance(dtype, NumericType):  # epoch seconds
+        return F.timestamp_seconds(F.col(name))
+    raise ValueError(f"columns.event_time: column {name!r} has type {dtype.simpleString()}, "
+                     f"expected timestamp, date, string or epoch seconds")
+
+
+def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "input.transactions") -> None:
+    """Fail with the missing column names when the input lacks a configured column."""
+    need = [cols.order_id, cols.customer_id, cols.card_id, cols.event_time, *cols.categorical, *cols.numerical]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: configured column(s) {missing} not found; the table has {df.columns}")
+
+
+def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) -> Checked:
+    """Split ``df`` (the user's transactions) into clean canonical rows and quarantined rows."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    check_input_columns(df, cols)
+    ts = event_time_column(df, cols.event_time)
+    raw_json = F.to_json(F.struct(*[F.col(c) for c in df.columns]))
+    base = df.select(
+        F.col(cols.order_id).alias(OID),
+        F.col(cols.customer_id).cast("string").alias(CID),
+        F.col(cols.card_id).cast("string").alias(KID),
+        ts.alias(TS),
+        *[F.col(c).cast("string").alias(c) for c in cols.categorical],
+        *[F.col(c).cast("double").alias(c) for c in cols.numerical],
+        raw_json.alias("_raw"),
+    )
+    checks: list[tuple[Column, str, Column]] = [
+        (F.col(OID).isNull(), "null_key", F.lit(f"{cols.order_id} is null")),
+        (F.col(CID).isNull(), "null_key", F.lit(f"{cols.customer_id} is null")),
+        (F.col(TS).isNull(), "bad_event_time",
+         F.concat(F.lit(f"{cols.event_time}="), F.coalesce(F.get_json_object("_raw", f"$.{cols.event_time}"),
+                                                            F.lit("null")))),
+    ]
+    for c in cols.numerical:
+        v = F.col(c)
+        checks.append((F.isnan(v) | v.isin(float("inf"), float("-inf")), "non_finite",
+                       F.concat(F.lit(f"{c}="), v.cast("string"))))
+    for c, (lo, hi) in quality.numeric_ranges.items():
+        if c in cols.numerical:
+            v = F.col(c)
+            checks.append(((v < lo) | (v > hi), "out_of_range",
+                           F.concat(F.lit(f"{c}="), v.cast("string"), F.lit(f" not in [{lo}, {hi}]"))))
+    reason = F.lit(None).cast("string")
+    detail = F.lit(None).cast("string")
+    for cond, r, d in reversed(checks):  # first failing check wins
+        reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(r)).otherwise(reason)
+        detail = F.when(F.coalesce(cond, F.lit(False)), d).otherwise(detail)
+    tagged = base.withColumn("_reason", reason).withColumn("_detail", detail)
+
+    # duplicates among otherwise valid rows: keep the earliest, ties broken by a hash of the whole row
+    ok = tagged.filter(F.col("_reason").isNull())
+    w = Window.partitionBy(OID).orderBy(F.col(TS), F.xxhash64("_raw"), F.col("_raw"))
+    ok = ok.withColumn("_rn", F.row_number().over(w))
+    dups = (ok.filter(F.col("_rn") > 1)
+              .withColumn("_reason", F.lit("duplicate_order_id"))
+              .withColumn("_detail", F.concat(F.lit(f"{cols.order_id}="), F.col(OID).cast("string"),
+                                              F.lit(" seen "), F.col("_rn").cast("string"), F.lit(" times or more")))
+              .drop("_rn"))
+    rejected = tagged.filter(F.col("_reason").isNotNull()).unionByName(dups)
+    fill = {c: quality.categorical_default for c in cols.categorical}
+    fill.update({c: quality.numerical_default for c in cols.numerical})
+    clean = (ok.filter(F.col("_rn") == 1).drop("_rn", "_reason", "_detail", "_raw")
+               .na.fill(fill).withColumn(DS, F.to_date(F.col(TS))))
+    return Checked(clean=clean,
+                   rejected=rejected.select(F.col(OID).cast("string").alias("order_id"), F.col(TS).alias("event_time"),
+                                            F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
+                                            F.col("_raw").alias("raw")))
