@@ -41,7 +41,8 @@ def check_qualified_name(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: {value!r} is not a table name")
     for part in value.split("."):
-        check_identifier(key, part)
+        if not _IDENTIFIER.match(part):
+            raise ConfigError(f"{key}: {value!r} is not a table name: part {part!r} is not an identifier")
     if value.count(".") > 2:
         raise ConfigError(f"{key}: {value!r} has more than three parts (catalog.schema.table)")
     return value

@@ -187,6 +187,9 @@ def get_spark(
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.catalogImplementation", "in-memory")
         .config("spark.databricks.delta.properties.defaults.enableDeletionVectors", "false")
+        # Delta's log replay defaults to 50 partitions: far too many tiny tasks on a laptop
+        .config("spark.databricks.delta.snapshotPartitions", str(max(1, spark_cfg.shuffle_partitions)))
+        .config("spark.sql.adaptive.coalescePartitions.initialPartitionNum", str(spark_cfg.shuffle_partitions))
         .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + str(Path(warehouse) / ".derby"))
     )
     for k, v in spark_cfg.conf.items():

@@ -1,0 +1,117 @@
+"""Config loading: the shipped configs load; every kind of bad value is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tsa_lib.config import PROJECT_ROOT, ConfigError, SuiteConfig, TableSource, load_config, to_dict
+from tsa_lib.config_base import check_qualified_name, config_hash, from_dict
+
+CONF = PROJECT_ROOT / "conf"
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def _local() -> dict[str, Any]:
+    return yaml.safe_load((CONF / "local.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml", "emr.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(CONF / name)
+    assert isinstance(cfg, SuiteConfig)
+    assert cfg.columns.order_id and cfg.columns.categorical
+
+
+def test_local_config_values() -> None:
+    cfg = load_config(CONF / "local.yaml")
+    assert cfg.spark.master == "local[2]"
+    assert cfg.input.transactions == TableSource(path="warehouse/raw/transactions", format="delta")
+    assert cfg.columns.numerical == ("amount", "hour_of_day", "items")
+    assert cfg.quality.numeric_ranges["amount"] == (0.0, 1_000_000.0)
+    assert cfg.storage.table_path("scores", Path("/x")) == "/x/warehouse/tsa/scores"
+    assert cfg.storage.qualified("scores") == "tsa.scores"
+
+
+def test_databricks_uses_metastore_table_and_other_entity() -> None:
+    cfg = load_config(CONF / "databricks.yaml")
+    assert cfg.input.transactions.table == "main.payments.card_transactions"
+    assert cfg.columns.card_id == "pan_token"
+    assert cfg.spark.target == "cluster"
+
+
+def test_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
+    a = load_config(CONF / "local.yaml")
+    b = load_config(CONF / "local.yaml")
+    assert a.hash == b.hash
+    c = load_config(CONF / "local.yaml", overrides={"sequences": {"max_len": 7}})
+    assert c.sequences.max_len == 7 and c.hash != a.hash
+    assert config_hash(to_dict(a)) == a.hash
+
+
+# ---- bad input: each error names the key and the value --------------------------------------------
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d.update(bogus=1), "bogus"),
+    (lambda d: d["spark"].update(shuffle_partitions=0), "spark.shuffle_partitions"),
+    (lambda d: d["spark"].update(shuffle_partitions="4"), "spark.shuffle_partitions"),
+    (lambda d: d["spark"].update(target="yarn"), "'yarn'"),
+    (lambda d: d["columns"].update(order_id="order id"), "columns.order_id"),
+    (lambda d: d["columns"].update(categorical=["ok", "1bad"]), "columns.categorical[1]"),
+    (lambda d: d["columns"].update(categorical="merchant_category"), "columns.categorical"),
+    (lambda d: d["columns"].update(numerical=["amount", "amount"]), "'amount'"),
+    (lambda d: d["columns"].update(label="order_id"), "'order_id'"),
+    (lambda d: d["storage"].update(database="tsa-prod"), "storage.database"),
+    (lambda d: d["input"].update(transactions={"path": "a", "table": "b.c"}), "exactly one of path/table"),
+    (lambda d: d["input"].update(transactions={"table": "a.b;drop"}), "'a.b;drop'"),
+    (lambda d: d["input"].update(transactions={"path": "x", "format": "csv"}), "'csv'"),
+    (lambda d: d["sequences"].update(max_len=-1), "sequences.max_len"),
+    (lambda d: d["quality"].update(numeric_ranges={"amount": [5, 1]}), "quality.numeric_ranges.amount"),
+    (lambda d: d["quality"].update(numeric_ranges={"nope": [0, 1]}), "'nope'"),
+    (lambda d: d["generator"].update(fraud_rate=0.9), "generator.fraud_rate"),
+    (lambda d: d["generator"].update(start_date="2026-13-01"), "generator.start_date"),
+    (lambda d: d["columns"].pop("categorical") and d["columns"].pop("numerical"), "at least one"),
+    (lambda d: d.pop("columns"), "columns: required key is missing"),
+])
+def test_bad_values_are_named(tmp_path: Path, mutate: Any, expected: str) -> None:
+    d = _local()
+    mutate(d)
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, d))
+    assert expected in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spark: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping at top level"):
+        load_config(bad)
+
+
+def test_from_dict_rejects_non_mapping_and_bool_for_int() -> None:
+    from tsa_lib.config import SparkConfig
+
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        from_dict(SparkConfig, ["x"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="shuffle_partitions: expected an integer, got True"):
+        from_dict(SparkConfig, {"shuffle_partitions": True})
+
+
+def test_qualified_names() -> None:
+    assert check_qualified_name("t", "cat.schema.table") == "cat.schema.table"
+    for bad in ("a.b.c.d", "", "a..b", "a b"):
+        with pytest.raises(ConfigError):
+            check_qualified_name("t", bad)
