@@ -1,0 +1,66 @@
+"""The TSA model library (PyTorch; no Spark, no distribution concerns).
+
+Public API::
+
+    from tsa_lib.models import load_model_config, build_model
+    cfg = load_model_config("small").replace(n_cat_features=..., vocab_size=...)
+    model = build_model(cfg)
+    scores, ensemble = model(x_cat, x_num, time_seq, mask, x_engineered)
+    loss = F.cross_entropy(scores, y) + model.aux_loss
+"""
+
+from tsa_lib.models.config import (
+    MODEL_TYPES,
+    PRESETS_DIR,
+    ModelConfig,
+    available_presets,
+    load_model_config,
+    model_config_from_dict,
+)
+from tsa_lib.models.factory import build_model, count_parameters
+from tsa_lib.models.feature_attention_layer import FeatureAttentionLayer
+from tsa_lib.models.layers import (
+    AttentionLayer,
+    AttentionLayerPreNorm,
+    FeatureAggregationMLP,
+    FeedForward,
+    MixtureOfExperts,
+    NumericalEmbedding,
+    TimeEncode,
+    attention_with_weights,
+    compute_fm_parallel,
+    embedding_weight_for,
+)
+from tsa_lib.models.order_attention_layer import OrderAttentionLayer
+from tsa_lib.models.order_feature_attention_classifier import OrderFeatureAttentionClassifier, TSAClassifierBase
+from tsa_lib.models.two_seq_moe_order_feature_attention_classifier import (
+    TwoSeqMoEOrderFeatureAttentionClassifier,
+    masked_gate_softmax,
+)
+
+__all__ = [
+    "MODEL_TYPES",
+    "PRESETS_DIR",
+    "ModelConfig",
+    "available_presets",
+    "load_model_config",
+    "model_config_from_dict",
+    "build_model",
+    "count_parameters",
+    "TimeEncode",
+    "FeedForward",
+    "MixtureOfExperts",
+    "AttentionLayer",
+    "AttentionLayerPreNorm",
+    "FeatureAggregationMLP",
+    "NumericalEmbedding",
+    "attention_with_weights",
+    "compute_fm_parallel",
+    "embedding_weight_for",
+    "OrderAttentionLayer",
+    "FeatureAttentionLayer",
+    "TSAClassifierBase",
+    "OrderFeatureAttentionClassifier",
+    "TwoSeqMoEOrderFeatureAttentionClassifier",
+    "masked_gate_softmax",
+]

@@ -1,0 +1,193 @@
+"""The model's typed configuration (``ModelConfig``) and its YAML presets.
+
+Presets live in ``conf/models/<name>.yaml`` at the repository root:
+
+- ``tiny``:  tests (4 categorical, 3 numerical, 5 engineered, dim 16, seq_len 8);
+- ``small``: the CPU demo (matches ``conf/local.yaml``: 5 categorical, 3 numerical,
+  6 engineered, 20 past orders + the order itself);
+- ``seed``:  the seed design's values (20/15/100 features, dim 128, 8 heads,
+  2 + 2 layers, seq_len 51, MoE with 5 experts).
+
+The data side learns the feature counts and the vocabulary size from the data;
+it overrides them with ``dataclasses.replace(cfg, n_cat_features=..., ...)`` (or
+``cfg.replace(...)``), which re-runs the validation.  The config is stored inside
+every artifact as ``to_dict(cfg)`` and rebuilt with ``model_config_from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from tsa_lib.config_base import (
+    ConfigError,
+    check_choice,
+    check_positive,
+    config_hash,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+
+log = logging.getLogger(__name__)
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "conf" / "models"
+
+MODEL_TYPES = ("single_seq", "two_seq")
+
+__all__ = [
+    "ModelConfig",
+    "PRESETS_DIR",
+    "MODEL_TYPES",
+    "available_presets",
+    "load_model_config",
+    "model_config_from_dict",
+]
+
+
+def _check_int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{key}: must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of the TSA classifiers (both variants).
+
+    Data-dependent fields (no defaults, every preset states them):
+
+    - ``n_cat_features``: categorical columns per order; their values share ONE
+      index space of size ``vocab_size`` (the data side offsets each column), with
+      0 = padding and 1 = unknown;
+    - ``n_num_features``: numerical columns per order;
+    - ``n_engineered``: static engineered features of the target order (may be 0);
+    - ``vocab_size``: rows of the shared categorical embedding table;
+    - ``seq_len``: L = history length + 1 (the target order is the last element).
+
+    ``moe_aux_weight`` scales the Switch load-balancing loss the model reports as
+    ``aux_loss`` (already weighted: the trainer adds it to the classification loss).
+    """
+
+    n_cat_features: int
+    n_num_features: int
+    n_engineered: int
+    vocab_size: int
+    seq_len: int
+    model_type: Literal["single_seq", "two_seq"] = "single_seq"
+    dim_embed: int = 128
+    num_heads: int = 8
+    dim_feedforward: int = 512
+    n_layers_order: int = 2
+    n_layers_feature: int = 2
+    dropout: float = 0.1
+    use_time: bool = True
+    use_position: bool = True
+    use_mlp: bool = True
+    dim_mlp: int = 128
+    use_moe: bool = False
+    num_experts: int = 5
+    moe_top_k: int = 2
+    moe_aux_weight: float = 0.01
+    use_fm: bool = True
+    num_bias: bool = True
+    n_classes: int = 2
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("model_type", self.model_type, MODEL_TYPES)
+        _check_int("n_cat_features", self.n_cat_features, 1)
+        _check_int("n_num_features", self.n_num_features, 1)
+        _check_int("n_engineered", self.n_engineered, 0)
+        _check_int("vocab_size", self.vocab_size, 3)
+        _check_int("seq_len", self.seq_len, 1)
+        _check_int("dim_embed", self.dim_embed, 1)
+        _check_int("num_heads", self.num_heads, 1)
+        if self.dim_embed % self.num_heads:
+            raise ConfigError(
+                f"dim_embed: {self.dim_embed} is not divisible by num_heads: {self.num_heads}"
+            )
+        _check_int("dim_feedforward", self.dim_feedforward, 1)
+        _check_int("n_layers_order", self.n_layers_order, 1)
+        _check_int("n_layers_feature", self.n_layers_feature, 1)
+        check_positive("dropout", self.dropout, allow_zero=True)
+        if not self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
+        for name in ("use_time", "use_position", "use_mlp", "use_moe", "use_fm", "num_bias",
+                     "grad_checkpointing"):
+            _check_bool(name, getattr(self, name))
+        _check_int("dim_mlp", self.dim_mlp, 1)
+        _check_int("num_experts", self.num_experts, 1)
+        _check_int("moe_top_k", self.moe_top_k, 1)
+        if self.moe_top_k > self.num_experts:
+            raise ConfigError(
+                f"moe_top_k: {self.moe_top_k} is larger than num_experts: {self.num_experts}"
+            )
+        check_positive("moe_aux_weight", self.moe_aux_weight, allow_zero=True)
+        _check_int("n_classes", self.n_classes, 2)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim_embed // self.num_heads
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """``dataclasses.replace`` (validation runs again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    """Build a ``ModelConfig`` from plain data; unknown keys and bad values raise ``ConfigError``."""
+    return from_dict(ModelConfig, data)
+
+
+def available_presets() -> list[str]:
+    """Names of the presets in ``conf/models``."""
+    if not PRESETS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    p = Path(path_or_name)
+    if p.suffix in (".yaml", ".yml", ".json") or p.is_file() or len(p.parts) > 1:
+        return p
+    candidate = PRESETS_DIR / f"{p.name}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(
+            f"model preset {str(path_or_name)!r} not found in {str(PRESETS_DIR)!r} "
+            f"(available: {available_presets()})"
+        )
+    return candidate
+
+
+def load_model_config(path_or_name: str | Path) -> ModelConfig:
+    """Load and validate a model preset: a preset name (``conf/models/<name>.yaml``) or a file path.
+
+    Errors are ``ConfigError`` naming the file and the offending key(s).
+    """
+    path = _resolve(path_or_name)
+    data = load_yaml(path)
+    try:
+        cfg = model_config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"model preset {str(path)!r}: {e}") from e
+    log.info("loaded model preset %s (hash %s)", path, cfg.hash)
+    return cfg

@@ -1,0 +1,36 @@
+"""``build_model``: a validated ``ModelConfig`` (or a preset name/path) -> the TSA classifier."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Union
+
+from torch import nn
+
+from tsa_lib.models.config import ModelConfig, load_model_config
+from tsa_lib.models.order_feature_attention_classifier import OrderFeatureAttentionClassifier, TSAClassifierBase
+from tsa_lib.models.two_seq_moe_order_feature_attention_classifier import TwoSeqMoEOrderFeatureAttentionClassifier
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_model", "count_parameters"]
+
+_MODELS: dict[str, type[TSAClassifierBase]] = {
+    "single_seq": OrderFeatureAttentionClassifier,
+    "two_seq": TwoSeqMoEOrderFeatureAttentionClassifier,
+}
+
+
+def build_model(cfg: Union[ModelConfig, str, Path]) -> TSAClassifierBase:
+    """Build the classifier ``cfg.model_type`` names; a str/Path is loaded as a preset first."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = load_model_config(cfg)
+    model = _MODELS[cfg.model_type](cfg)
+    log.info("built %s (%s parameters, config hash %s)", type(model).__name__, count_parameters(model), cfg.hash)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct trainable parameter elements."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
