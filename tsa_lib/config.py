@@ -43,6 +43,7 @@ __all__ = [
     "StorageConfig",
     "SequenceConfig",
     "QualityConfig",
+    "EncoderConfig",
     "GeneratorConfig",
     "SuiteConfig",
     "load_config",
@@ -205,6 +206,24 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
+class EncoderConfig:
+    """How encoders are fit: vocabularies for categoricals, robust min-max for numericals."""
+
+    min_frequency: int = 5
+    max_vocab_per_column: int = 5000
+    quantile_low: float = 0.001
+    quantile_high: float = 0.999
+    log1p: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_positive("encoders.min_frequency", self.min_frequency)
+        check_positive("encoders.max_vocab_per_column", self.max_vocab_per_column)
+        if not 0.0 <= self.quantile_low < self.quantile_high <= 1.0:
+            raise ConfigError(f"encoders.quantile_low/quantile_high: need 0 <= low < high <= 1, got "
+                              f"{self.quantile_low!r}, {self.quantile_high!r}")
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """Synthetic data (the embedded default's input)."""
 
@@ -244,9 +263,14 @@ class SuiteConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    encoders: EncoderConfig = field(default_factory=EncoderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def __post_init__(self) -> None:
+        numeric = set(self.columns.numerical) | set(self.columns.engineered)
+        for i, col in enumerate(self.encoders.log1p):
+            if col not in numeric:
+                raise ConfigError(f"encoders.log1p[{i}]: {col!r} is not a numerical or engineered column")
         for col in self.quality.numeric_ranges:
             if col not in set(self.columns.numerical) | set(self.columns.engineered):
                 raise ConfigError(

@@ -211,26 +211,17 @@ class MixtureOfExperts(nn.Module):
         probs, top_idx, top_w = self.route(x2)
 
         flat_e = top_idx.reshape(-1)  # [T*k]; assignment a belongs to token a // k
+        valid: Optional[Tensor] = None
         if token_mask is not None:
             valid = token_mask.reshape(-1)
             # padded tokens go to an extra bucket n_exp that is never computed
             flat_e = torch.where(valid[:, None].expand(-1, k).reshape(-1), flat_e, n_exp)
-        order = torch.argsort(flat_e, stable=True)
-        counts = torch.bincount(flat_e, minlength=n_exp + 1)
-        counts_list = counts.tolist()  # the one host sync
-        tok_sorted = order // k
-        w_sorted = top_w.reshape(-1)[order]
+        # (not bincount: its output shape is data-dependent, which torch.compile cannot trace)
+        counts = torch.zeros(n_exp + 1, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat_e, torch.ones_like(flat_e))
+        out = self._dispatch(x2, flat_e, top_w.reshape(-1), counts)
 
-        out = x2.new_zeros(x2.shape)
-        start = 0
-        for e, expert in enumerate(self.experts):
-            c = counts_list[e]
-            idx = tok_sorted[start:start + c]
-            y = expert(x2[idx])
-            out.index_add_(0, idx, (y * w_sorted[start:start + c, None]).to(out.dtype))
-            start += c
-
-        if token_mask is not None:
+        if valid is not None:
             m = valid.to(probs.dtype)
             n_valid = m.sum().clamp_min(1.0)
             p_mean = (probs * m[:, None]).sum(0) / n_valid
@@ -240,6 +231,28 @@ class MixtureOfExperts(nn.Module):
             frac = counts[:n_exp].to(probs.dtype) / (max(n_tok, 1) * k)
         aux = n_exp * (frac * p_mean).sum()
         return out.view(shape), aux
+
+    @torch.compiler.disable
+    def _dispatch(self, x2: Tensor, flat_e: Tensor, flat_w: Tensor, counts: Tensor) -> Tensor:
+        """Gather each expert's tokens, run it, ``index_add`` the weighted outputs back.
+
+        Runs eagerly under ``torch.compile`` (one graph break per MoE layer): the
+        per-expert token counts are data-dependent shapes, and tracing them would
+        recompile on every new routing.
+        """
+        order = torch.argsort(flat_e, stable=True)
+        counts_list = counts.tolist()  # the one host sync
+        tok_sorted = order // self.top_k
+        w_sorted = flat_w[order]
+        out = x2.new_zeros(x2.shape)
+        start = 0
+        for e, expert in enumerate(self.experts):
+            c = counts_list[e]
+            idx = tok_sorted[start:start + c]
+            y = expert(x2[idx])
+            out.index_add_(0, idx, (y * w_sorted[start:start + c, None]).to(out.dtype))
+            start += c
+        return out
 
 
 # --------------------------------------------------------------------------- attention layers

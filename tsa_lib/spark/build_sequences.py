@@ -15,7 +15,7 @@ from tsa_lib.cli import RunContext
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.spark.delta_io import ensure_table, read_source, replace_partitions
 from tsa_lib.spark.quality import DS, KID, TS, check_quality, event_time_column
-from tsa_lib.spark.sequences import build_sequences, read_window, sequence_schema
+from tsa_lib.spark.sequences import ENTITY_KEY, build_sequences, read_window, sequence_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -100,10 +100,12 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
         s.input_rows = raw.filter(F.coalesce(F.to_date(ts), F.lit(last)).isin(dates)).count()
         s.reasons = {r["reason"]: int(r["count"]) for r in rejected.groupBy("reason").count().collect()}
         s.quarantined_input = sum(s.reasons.values())
-        s.clean_targets = clean.filter(F.col(DS).isin(dates)).count()
-        s.no_card = clean.filter(F.col(DS).isin(dates) & F.col(KID).isNull()).count()
+        targets = clean.filter(F.col(DS).isin(dates))
+        c = targets.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col(KID).isNull().cast("int")).alias("no_card")).first()
+        s.clean_targets, s.no_card = int(c["n"]), int(c["no_card"] or 0)
         all_rejected = rejected
         for entity, table in (("customer", "sequences_customer"), ("card", "sequences_card")):
+            key = ENTITY_KEY[entity]
             res = build_sequences(clean, dates, entity, cols, seq, ctx.run_id)  # type: ignore[arg-type]
             path = cfg.storage.table_path(table, PROJECT_ROOT)
             ensure_table(spark, path, sequence_schema(cols), cfg.storage.qualified(table),
@@ -113,11 +115,14 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
                    .agg(F.count("*").alias("rows"), F.sum("n_targets").alias("targets")).collect()[0])
             s.entity_rows[entity] = int(agg["rows"])
             s.entity_targets[entity] = int(agg["targets"] or 0)
-            capped = res.capped.withColumn(DS, F.to_date("event_time")).withColumn("job", F.lit(JOB)) \
-                .withColumn("stage", F.lit(table)).withColumn("run_id", F.lit(ctx.run_id))
-            s.entity_capped[entity] = capped.count()
+            # orders over the daily cap, counted cheaply; their rows are only built when there are some
+            over = (targets.filter(F.col(key).isNotNull()).groupBy(key, DS).count()
+                    .agg(F.sum(F.greatest(F.col("count") - seq.max_orders_per_entity_day, F.lit(0)))).first()[0])
+            s.entity_capped[entity] = int(over or 0)
             if s.entity_capped[entity]:
-                all_rejected = all_rejected.unionByName(capped)
+                all_rejected = all_rejected.unionByName(
+                    res.capped.withColumn(DS, F.to_date("event_time")).withColumn("job", F.lit(JOB))
+                    .withColumn("stage", F.lit(table)).withColumn("run_id", F.lit(ctx.run_id)))
         write_quarantine(spark, cfg, ctx, all_rejected, JOB)
     finally:
         clean.unpersist()

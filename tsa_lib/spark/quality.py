@@ -73,31 +73,21 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) 
     from pyspark.sql import functions as F
 
     check_input_columns(df, cols)
+    originals = list(df.columns)
     ts = event_time_column(df, cols.event_time)
-    raw_json = F.to_json(F.struct(*[F.col(c) for c in df.columns]))
-    base = df.select(
-        F.col(cols.order_id).alias(OID),
-        F.col(cols.customer_id).cast("string").alias(CID),
-        F.col(cols.card_id).cast("string").alias(KID),
-        ts.alias(TS),
-        *[F.col(c).cast("string").alias(c) for c in cols.categorical],
-        *[F.col(c).cast("double").alias(c) for c in cols.numerical],
-        raw_json.alias("_raw"),
-    )
+    num = {c: F.col(c).cast("double") for c in cols.numerical}
     checks: list[tuple[Column, str, Column]] = [
-        (F.col(OID).isNull(), "null_key", F.lit(f"{cols.order_id} is null")),
-        (F.col(CID).isNull(), "null_key", F.lit(f"{cols.customer_id} is null")),
-        (F.col(TS).isNull(), "bad_event_time",
-         F.concat(F.lit(f"{cols.event_time}="), F.coalesce(F.get_json_object("_raw", f"$.{cols.event_time}"),
-                                                            F.lit("null")))),
+        (F.col(cols.order_id).isNull(), "null_key", F.lit(f"{cols.order_id} is null")),
+        (F.col(cols.customer_id).isNull(), "null_key", F.lit(f"{cols.customer_id} is null")),
+        (ts.isNull(), "bad_event_time",
+         F.concat(F.lit(f"{cols.event_time}="), F.coalesce(F.col(cols.event_time).cast("string"), F.lit("null")))),
     ]
-    for c in cols.numerical:
-        v = F.col(c)
+    for c, v in num.items():
         checks.append((F.isnan(v) | v.isin(float("inf"), float("-inf")), "non_finite",
                        F.concat(F.lit(f"{c}="), v.cast("string"))))
     for c, (lo, hi) in quality.numeric_ranges.items():
-        if c in cols.numerical:
-            v = F.col(c)
+        if c in num:
+            v = num[c]
             checks.append(((v < lo) | (v > hi), "out_of_range",
                            F.concat(F.lit(f"{c}="), v.cast("string"), F.lit(f" not in [{lo}, {hi}]"))))
     reason = F.lit(None).cast("string")
@@ -105,23 +95,31 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) 
     for cond, r, d in reversed(checks):  # first failing check wins
         reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(r)).otherwise(reason)
         detail = F.when(F.coalesce(cond, F.lit(False)), d).otherwise(detail)
-    tagged = base.withColumn("_reason", reason).withColumn("_detail", detail)
+    tagged = df.select(*[F.col(c) for c in originals], ts.alias(TS), reason.alias("_reason"),
+                       detail.alias("_detail"))
 
     # duplicates among otherwise valid rows: keep the earliest, ties broken by a hash of the whole row
     ok = tagged.filter(F.col("_reason").isNull())
-    w = Window.partitionBy(OID).orderBy(F.col(TS), F.xxhash64("_raw"), F.col("_raw"))
+    w = Window.partitionBy(cols.order_id).orderBy(F.col(TS), F.xxhash64(*originals), F.hash(*originals))
     ok = ok.withColumn("_rn", F.row_number().over(w))
     dups = (ok.filter(F.col("_rn") > 1)
               .withColumn("_reason", F.lit("duplicate_order_id"))
-              .withColumn("_detail", F.concat(F.lit(f"{cols.order_id}="), F.col(OID).cast("string"),
-                                              F.lit(" seen "), F.col("_rn").cast("string"), F.lit(" times or more")))
+              .withColumn("_detail", F.concat(F.lit(f"{cols.order_id}="), F.col(cols.order_id).cast("string"),
+                                              F.lit(" already seen (kept copy "), F.col("_rn").cast("string"),
+                                              F.lit(" is a repeat)")))
               .drop("_rn"))
     rejected = tagged.filter(F.col("_reason").isNotNull()).unionByName(dups)
-    fill = {c: quality.categorical_default for c in cols.categorical}
-    fill.update({c: quality.numerical_default for c in cols.numerical})
-    clean = (ok.filter(F.col("_rn") == 1).drop("_rn", "_reason", "_detail", "_raw")
-               .na.fill(fill).withColumn(DS, F.to_date(F.col(TS))))
+    clean = ok.filter(F.col("_rn") == 1).select(
+        F.col(cols.order_id).alias(OID),
+        F.col(cols.customer_id).cast("string").alias(CID),
+        F.col(cols.card_id).cast("string").alias(KID),
+        F.col(TS),
+        *[F.coalesce(F.col(c).cast("string"), F.lit(quality.categorical_default)).alias(c)
+          for c in cols.categorical],
+        *[F.coalesce(num[c], F.lit(float(quality.numerical_default))).alias(c) for c in cols.numerical],
+    ).withColumn(DS, F.to_date(F.col(TS)))
     return Checked(clean=clean,
-                   rejected=rejected.select(F.col(OID).cast("string").alias("order_id"), F.col(TS).alias("event_time"),
-                                            F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
-                                            F.col("_raw").alias("raw")))
+                   rejected=rejected.select(F.col(cols.order_id).cast("string").alias("order_id"),
+                                            F.col(TS).alias("event_time"), F.col("_reason").alias("reason"),
+                                            F.col("_detail").alias("detail"),
+                                            F.to_json(F.struct(*originals)).alias("raw")))

@@ -24,9 +24,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+
+import pyarrow as pa
 
 from tsa_lib.config import ColumnsConfig, SequenceConfig
+from tsa_lib.features.sequence_rows import RowSpec, build_rows_streaming, days_since_epoch
 from tsa_lib.spark.quality import CID, DS, KID, OID, TS
 
 if TYPE_CHECKING:
@@ -88,6 +91,7 @@ def build_sequences(
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
     if entity not in ENTITY_KEY:
         raise ValueError(f"entity: {entity!r} is not one of {sorted(ENTITY_KEY)}")
@@ -104,66 +108,37 @@ def build_sequences(
         orders = orders.filter(F.col(TS) >= F.lit(lo))
     is_target = F.col(DS).isin(day_list)
 
-    # Per (entity, date): rank orders from the day's end.  Only the last max_len of a
-    # day can ever be history for a later day; targets are kept up to the daily cap.
-    w_desc = Window.partitionBy(key, DS).orderBy(F.col(TS).desc(), F.col(OID).desc())
+    # Only entities with an order on a run date need rows: drop the others' history early.
+    active = orders.filter(is_target).select(key).distinct()
+    orders = orders.join(active, key, "left_semi").select(key, TS, OID, *feats)
+    spec = RowSpec(key=key, ts=TS, order_id=OID, features=tuple(feats), target_days=days_since_epoch(day_list),
+                   max_len=n, cap=seq.max_orders_per_entity_day,
+                   max_age_us=None if seq.max_history_days is None else int(round(seq.max_history_days * 86400e6)))
+    arrow_out = sequence_schema(cols)
+    arrow_out = StructType([f for f in arrow_out.fields if f.name != "run_id"])
+
+    def build(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return build_rows_streaming(batches, spec)
+
+    # Hash by entity, sort by (entity, time, order id) inside each partition, and let numpy
+    # cut rows batch by batch (entities spanning batches are carried over).
+    rows = (orders.repartition(key).sortWithinPartitions(key, TS, OID)
+            .mapInArrow(build, arrow_out)
+            .withColumn("run_id", F.lit(run_id))
+            .select(*[f.name for f in sequence_schema(cols).fields]))
+
+    # Targets over the daily cap, built only when asked for (the job counts them first).
+    day_orders = clean.filter(is_target & F.col(key).isNotNull())
+    over = (day_orders.groupBy(key, DS).count()
+            .filter(F.col("count") > seq.max_orders_per_entity_day).select(key, DS))
     w_asc = Window.partitionBy(key, DS).orderBy(F.col(TS), F.col(OID))
-    ranked = (orders.withColumn("_rn_desc", F.row_number().over(w_desc))
-                    .withColumn("_rn_asc", F.row_number().over(w_asc)))
-    cap = seq.max_orders_per_entity_day
-    capped = ranked.filter(is_target & (F.col("_rn_asc") > cap))
-    kept = ranked.filter((is_target & (F.col("_rn_asc") <= cap)) | (~is_target & (F.col("_rn_desc") <= n)))
-
-    # only entities with a target on a run date need rows
-    active = kept.filter(is_target).select(key).distinct()
-    kept = kept.join(active, key, "left_semi")
-
-    elem = F.struct(F.col(TS).alias("ts"), F.col(OID).alias("oid"), *[F.col(c) for c in feats],
-                    F.col(DS).alias("d"))
-    per_entity = kept.groupBy(key).agg(
-        F.array_sort(F.collect_list(elem)).alias("h"),
-        F.array_sort(F.collect_set(F.when(is_target, F.col(DS)))).alias("days"),
-    )
-    per_day = per_entity.select(F.col(key).alias("entity_id"), "h", F.explode("days").alias(DS))
-    day_start = F.to_timestamp(F.col(DS))
-    ctx_all = F.filter("h", lambda x: x["ts"] < day_start)
-    if seq.max_history_days is not None:
-        horizon = day_start - F.expr(f"INTERVAL {int(round(seq.max_history_days * 86400))} SECONDS")
-        ctx_all = F.filter(ctx_all, lambda x: x["ts"] >= horizon)
-    rows = per_day.select(
-        "entity_id", DS,
-        ctx_all.alias("_ctx_all"),
-        F.filter("h", lambda x: x["d"] == F.col(DS)).alias("_day"),
-    ).select(
-        "entity_id", DS,
-        F.slice("_ctx_all", F.greatest(F.size("_ctx_all") - n + 1, F.lit(1)), n).alias("_ctx"),
-        "_day",
-    ).select(
-        "entity_id", DS,
-        F.size("_ctx").alias("n_context"),
-        F.size("_day").alias("n_targets"),
-        F.concat("_ctx", "_day").alias("_e"),
-    )
-    out = rows.select(
-        "entity_id",
-        F.col("n_context").cast("int"),
-        F.col("n_targets").cast("int"),
-        F.transform("_e", lambda x: x["oid"].cast("string")).alias("order_id"),
-        F.transform("_e", lambda x: x["ts"]).alias("event_time"),
-        *[F.transform("_e", _field(c)).alias(c) for c in feats],
-        F.lit(run_id).alias("run_id"),
-        F.col(DS),
-    )
-    capped_out = capped.select(
-        F.col(OID).cast("string").alias("order_id"), F.col(TS).alias("event_time"),
-        F.lit("entity_daily_cap").alias("reason"),
-        F.concat(F.lit(f"{entity} "), F.col(key), F.lit(f" has more than {cap} orders on "),
-                 F.col(DS).cast("string")).alias("detail"),
-        F.lit(None).cast("string").alias("raw"),
-    )
-    return SequenceResult(rows=out, capped=capped_out)
-
-
-def _field(name: str):  # type: ignore[no-untyped-def]
-    """A one-argument lambda for F.transform (a 2-argument one would receive the index)."""
-    return lambda x: x[name]
+    hot = day_orders.join(over, [key, DS], "left_semi")
+    capped = (hot.withColumn("_rn", F.row_number().over(w_asc))
+              .filter(F.col("_rn") > seq.max_orders_per_entity_day)
+              .select(F.col(OID).cast("string").alias("order_id"), F.col(TS).alias("event_time"),
+                      F.lit("entity_daily_cap").alias("reason"),
+                      F.concat(F.lit(f"{entity} "), F.col(key),
+                               F.lit(f" has more than {seq.max_orders_per_entity_day} orders on "),
+                               F.col(DS).cast("string")).alias("detail"),
+                      F.lit(None).cast("string").alias("raw")))
+    return SequenceResult(rows=rows, capped=capped)

@@ -1,0 +1,174 @@
+"""Build (entity, ds) sequence rows from orders sorted by (entity, time, order id): numpy/Arrow.
+
+This is the inner loop of the build-sequences job (run inside Spark's
+``mapInArrow``, one partition hashed by entity at a time) and of the
+single-process reference in ``bench/``.  No Python loop per row or per entity.
+
+For every (entity, target day) group the row holds:
+- context: the last ``max_len`` orders of the entity strictly before the day,
+  not older than ``max_history_days`` before the day's start;
+- targets: the day's orders, the first ``cap`` of them by (time, order id).
+Orders over the cap are left out of the row (the job quarantines them), but
+they stay history for later days: history never depends on which dates a run
+covers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+US_PER_DAY = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What the builder needs to know: column names and limits."""
+
+    key: str                       # entity column
+    ts: str                        # event time column (timestamp)
+    order_id: str                  # order id column
+    features: tuple[str, ...]      # carried as list columns, in this order
+    target_days: tuple[int, ...]   # days since epoch of the run dates
+    max_len: int
+    cap: int
+    max_age_us: Optional[int]
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1 or self.cap < 1:
+            raise ValueError(f"max_len and cap must be >= 1, got max_len={self.max_len} cap={self.cap}")
+
+
+def output_schema(spec: RowSpec, input_schema: pa.Schema) -> pa.Schema:
+    return pa.schema([
+        pa.field("entity_id", pa.string(), nullable=False),
+        pa.field("n_context", pa.int32(), nullable=False),
+        pa.field("n_targets", pa.int32(), nullable=False),
+        pa.field("order_id", pa.list_(pa.string()), nullable=False),
+        pa.field("event_time", pa.list_(input_schema.field(spec.ts).type), nullable=False),
+        *[pa.field(c, pa.list_(input_schema.field(c).type), nullable=False) for c in spec.features],
+        pa.field("ds", pa.date32(), nullable=False),
+    ])
+
+
+def _starts(changed: np.ndarray, n: int) -> np.ndarray:
+    """Flags of the first element of each run, given ``changed[i] = x[i+1] != x[i]``."""
+    first = np.ones(n, dtype=bool)
+    if n > 1:
+        first[1:] = changed
+    return first
+
+
+def build_rows(tbl: pa.Table, spec: RowSpec) -> pa.Table:
+    """Sequence rows of all *complete* entities in ``tbl`` (sorted by key, ts, order id)."""
+    n = tbl.num_rows
+    schema = output_schema(spec, tbl.schema)
+    if n == 0:
+        return schema.empty_table()
+    key = tbl.column(spec.key).combine_chunks()
+    ts = pc.cast(tbl.column(spec.ts), pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    day = np.floor_divide(ts, US_PER_DAY)
+    key_changed = pc.not_equal(key.slice(1), key.slice(0, n - 1)).to_numpy(zero_copy_only=False) \
+        if n > 1 else np.zeros(0, bool)
+    ent_first = _starts(key_changed, n)
+    grp_first = _starts(key_changed | (day[1:] != day[:-1]), n)
+    pos = np.arange(n)
+    ent_start = np.maximum.accumulate(np.where(ent_first, pos, 0))
+    is_target = np.isin(day, np.asarray(spec.target_days, dtype=np.int64))
+
+    starts = np.flatnonzero(grp_first & is_target)              # one row per (entity, target day)
+    if len(starts) == 0:
+        return schema.empty_table()
+    grp_ends = np.append(np.flatnonzero(grp_first)[1:], n)
+    ends = grp_ends[np.searchsorted(np.flatnonzero(grp_first), starts)]
+    t_end = np.minimum(ends, starts + spec.cap)                  # first `cap` orders of the day
+    # context: up to max_len orders before the day, same entity, not too old
+    m = spec.max_len
+    lo = np.maximum(starts - m, ent_start[starts])
+    if spec.max_age_us is not None:
+        horizon = day[starts] * US_PER_DAY - spec.max_age_us
+        cand = lo[:, None] + np.arange(m)[None, :]
+        old = (cand < starts[:, None]) & (ts[np.minimum(cand, n - 1)] < horizon[:, None])
+        lo = lo + old.sum(axis=1)   # old elements form a prefix: times increase along the row
+    n_ctx = starts - lo
+    n_tgt = t_end - starts
+    sizes = n_ctx + n_tgt
+    offsets = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], sizes)
+    take = pa.array(np.repeat(lo, sizes) + within)
+    off = pa.array(offsets.astype(np.int32))
+
+    def lst(col: str) -> pa.ListArray:
+        return pa.ListArray.from_arrays(off, tbl.column(col).combine_chunks().take(take))
+
+    cols = {
+        "entity_id": pc.cast(key.take(pa.array(starts)), pa.string()),
+        "n_context": pa.array(n_ctx.astype(np.int32)),
+        "n_targets": pa.array(n_tgt.astype(np.int32)),
+        "order_id": pa.ListArray.from_arrays(off, pc.cast(tbl.column(spec.order_id).combine_chunks().take(take),
+                                                          pa.string())),
+        "event_time": lst(spec.ts),
+        **{c: lst(c) for c in spec.features},
+        "ds": pa.array(day[starts].astype("datetime64[D]"), type=pa.date32()),
+    }
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def build_rows_streaming(batches: Iterator[pa.RecordBatch], spec: RowSpec) -> Iterator[pa.RecordBatch]:
+    """``build_rows`` over a stream sorted by (key, ts, order id) whose entities may span batches.
+
+    The last entity of each batch is carried into the next one, so every entity
+    is built whole.  Carried rows are trimmed to what can still matter (the last
+    ``max_len`` orders of each non-target day plus all target-day orders), so a
+    hot entity cannot grow the carry without bound.
+    """
+    carry: Optional[pa.Table] = None
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        tbl = pa.Table.from_batches([batch])
+        if carry is not None and carry.num_rows:
+            tbl = pa.concat_tables([carry, tbl])
+        key = tbl.column(spec.key).combine_chunks()
+        n = tbl.num_rows
+        last_key = key[n - 1]
+        same = pc.equal(key, last_key).to_numpy(zero_copy_only=False)
+        cut = int(np.flatnonzero(~same)[-1]) + 1 if (~same).any() else 0
+        done, carry = tbl.slice(0, cut), _trim(tbl.slice(cut), spec)
+        if done.num_rows:
+            yield from build_rows(done, spec).to_batches()
+    if carry is not None and carry.num_rows:
+        yield from build_rows(carry, spec).to_batches()
+
+
+def _trim(tbl: pa.Table, spec: RowSpec) -> pa.Table:
+    """Keep, of one entity's rows, what can still matter: the last max_len orders of every day
+    (history for later days) and the first ``cap`` orders of target days (the targets)."""
+    n = tbl.num_rows
+    if n <= spec.max_len:
+        return tbl
+    day = np.floor_divide(pc.cast(tbl.column(spec.ts), pa.timestamp("us")).cast(pa.int64()).to_numpy(),
+                          US_PER_DAY)
+    pos = np.arange(n)
+    first_of_day = _starts(day[1:] != day[:-1], n)
+    last_of_day = np.ones(n, dtype=bool)
+    last_of_day[:-1] = day[1:] != day[:-1]
+    day_start = np.maximum.accumulate(np.where(first_of_day, pos, 0))
+    day_end = np.minimum.accumulate(np.where(last_of_day, pos, n)[::-1])[::-1]
+    is_target = np.isin(day, np.asarray(spec.target_days, dtype=np.int64))
+    keep = (is_target & (pos - day_start < spec.cap)) | (day_end - pos < spec.max_len)
+    return tbl if keep.all() else tbl.filter(pa.array(keep))
+
+
+def sort_for_build(tbl: pa.Table, spec: RowSpec) -> pa.Table:
+    """Sort a table the way ``build_rows`` expects (for single-process use)."""
+    return tbl.sort_by([(spec.key, "ascending"), (spec.ts, "ascending"), (spec.order_id, "ascending")])
+
+
+def days_since_epoch(dates: Sequence["object"]) -> tuple[int, ...]:
+    return tuple(int(np.datetime64(d, "D").astype(np.int64)) for d in dates)
