@@ -170,6 +170,11 @@ class StorageConfig:
         table = getattr(self, name) if hasattr(self, name) else check_identifier("table", name)
         return f"{self.warehouse_path(root).rstrip('/')}/{self.database}/{table}"
 
+    def artifacts_path(self, sub: str = "", root: Path = PROJECT_ROOT) -> Path:
+        """Local folder of versioned artifacts (encoders, models); on clusters a mounted path (/dbfs/...)."""
+        base = Path(self.artifacts) if os.path.isabs(self.artifacts) else root / self.artifacts
+        return base / sub if sub else base
+
     def qualified(self, name: str) -> str:
         return f"{self.database}.{getattr(self, name)}"
 

@@ -170,8 +170,9 @@ class MixtureOfExperts(nn.Module):
 
     Every expert is called on every forward, with zero rows when it received no
     token: its parameters then get zero (not None) gradients, so DDP needs no
-    ``find_unused_parameters``.  The routing costs one host sync per call (the
-    per-expert counts), which is also where ``torch.compile`` breaks the graph.
+    ``find_unused_parameters``.  The dispatch costs one host sync per call (the
+    per-expert counts) and runs eagerly under ``torch.compile`` (the router and
+    the loss are compiled; see ``_dispatch``).
 
     ``forward(x, token_mask=None) -> (out, aux_loss)``: ``x`` ``[..., D]``;
     ``token_mask`` (bool, ``x.shape[:-1]``, True = real token) excludes padded

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from tsa_lib.cli import RunContext
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
-from tsa_lib.spark.delta_io import ensure_table, read_source, replace_partitions
-from tsa_lib.spark.quality import DS, KID, TS, check_quality, event_time_column
+from tsa_lib.spark.delta_io import ensure_table, replace_partitions
+from tsa_lib.spark.inputs import read_transactions
+from tsa_lib.spark.quality import DS, KID, check_quality
 from tsa_lib.spark.sequences import ENTITY_KEY, build_sequences, read_window, sequence_schema
 
 if TYPE_CHECKING:
@@ -78,13 +79,8 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
         raise ValueError("build_sequences needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     cols, seq = cfg.columns, cfg.sequences
-    raw = read_source(spark, cfg.input.transactions)
-    ts = event_time_column(raw, cols.event_time)
     lo, hi = read_window(dates, seq)
-    in_window = ts < F.lit(hi)
-    if lo is not None:
-        in_window &= ts >= F.lit(lo)
-    raw = raw.filter(in_window | ts.isNull())
+    raw, ts = read_transactions(spark, cfg, lo, hi, with_null_time=True)
 
     checked = check_quality(raw, cols, cfg.quality)
     last = dates[-1]

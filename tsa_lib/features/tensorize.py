@@ -1,0 +1,202 @@
+"""The one tensorization path shared by training and scoring.
+
+Sequence rows (``sequences_<entity>`` batches) -> per-target fixed-shape arrays,
+engineered features -> scaled vectors, and encoded examples -> model tensors.
+All numpy/pyarrow over whole batches: no Python work per row.
+
+Shapes (T targets, L = max_len + 1 slots, target last, left-padded):
+- ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown
+- ``num``  float32 [T, L, n_num]  scaled to [0, 1], 0 at padding
+- ``dt``   float32 [T, L]         days between each element and the target (0 for it)
+- ``mask`` bool    [T, L]         True where an order is present
+- ``hist_len`` int32 [T]          real history elements (-1 when the entity is missing)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tsa_lib.features.encoders import PAD, Encoders, EncoderError
+from tsa_lib.features.windows import PAD as WPAD, flat_values, windows_of_batch
+
+US_PER_SECOND = 1_000_000
+SEQ_PREFIX = {"customer": "c", "card": "k"}
+
+
+@dataclass(frozen=True)
+class SeqTensors:
+    order_id: np.ndarray        # [T] str (object)
+    entity_id: np.ndarray       # [T] str (object)
+    event_time_us: np.ndarray   # [T] int64, the target's time
+    cat: np.ndarray
+    num: np.ndarray
+    dt: np.ndarray
+    mask: np.ndarray
+    hist_len: np.ndarray
+    hist_order_id: Optional[np.ndarray] = None  # [T, L] str, "" at padding (for explanations)
+
+
+def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
+                          with_history_ids: bool = False) -> SeqTensors:
+    """Cut every target's window out of sequence rows and encode it."""
+    missing = [c for c in ("entity_id", "n_context", "n_targets", "order_id", "event_time",
+                           *enc.categorical, *enc.numerical) if c not in batch.schema.names]
+    if missing:
+        raise EncoderError(f"sequence batch lacks column(s) {missing}; it has {batch.schema.names}")
+    w = windows_of_batch(batch, enc.max_len, None if enc.max_history_days is None
+                         else enc.max_history_days * 86400.0)
+    idx = w.index
+    mask = idx != WPAD
+    safe = np.where(mask, idx, 0)
+    t, length = idx.shape
+    cat = np.zeros((t, length, len(enc.categorical)), dtype=np.int32)
+    for j, c in enumerate(enc.categorical):
+        codes = enc.encode_categorical(c, flat_values(batch, c))
+        if len(codes):
+            cat[:, :, j] = np.where(mask, codes[safe], PAD)
+    num = np.zeros((t, length, len(enc.numerical)), dtype=np.float32)
+    for j, c in enumerate(enc.numerical):
+        vals = flat_values(batch, c).to_numpy(zero_copy_only=False).astype(np.float64)
+        if len(vals):
+            num[:, :, j] = np.where(mask, enc.encode_numeric(c, vals)[safe], 0.0)
+    ts = pc.cast(flat_values(batch, "event_time"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
+        zero_copy_only=False)
+    t_ts = ts[w.target] if len(ts) else np.zeros(0, np.int64)
+    dt = np.where(mask, (t_ts[:, None] - ts[safe]) / (US_PER_SECOND * enc.time_unit_seconds), 0.0) \
+        .astype(np.float32) if len(ts) else np.zeros((t, length), np.float32)
+    oids = np.asarray(flat_values(batch, "order_id").to_numpy(zero_copy_only=False), dtype=object)
+    ent = batch.column("entity_id")
+    ent_np = np.asarray(ent.to_numpy(zero_copy_only=False) if isinstance(ent, pa.ChunkedArray)
+                        else ent.to_numpy(zero_copy_only=False), dtype=object)
+    hist_ids = None
+    if with_history_ids:
+        hist_ids = np.where(mask, oids[safe] if len(oids) else "", "").astype(object)
+    return SeqTensors(order_id=oids[w.target] if len(oids) else np.zeros(0, object),
+                      entity_id=ent_np[w.row], event_time_us=t_ts, cat=cat, num=num, dt=dt, mask=mask,
+                      hist_len=w.hist_len.astype(np.int32), hist_order_id=hist_ids)
+
+
+def seq_arrow_schema(entity: str, with_history_ids: bool = False) -> pa.Schema:
+    """Flat Arrow (and Spark) layout of one sequence's encoded targets."""
+    p = SEQ_PREFIX[entity]
+    fields = [
+        pa.field("order_id", pa.string()),
+        pa.field(f"{entity}_id", pa.string()),
+        pa.field("event_time", pa.timestamp("us", tz="UTC")),
+        pa.field(f"{p}_cat", pa.list_(pa.int32())),
+        pa.field(f"{p}_num", pa.list_(pa.float32())),
+        pa.field(f"{p}_dt", pa.list_(pa.float32())),
+        pa.field(f"{p}_len", pa.int32()),
+    ]
+    if with_history_ids:
+        fields.append(pa.field(f"{p}_hist_ids", pa.list_(pa.string())))
+    return pa.schema(fields)
+
+
+def _fixed_list(values: np.ndarray, width: int, typ: pa.DataType) -> pa.ListArray:
+    n = values.shape[0]
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=typ))
+
+
+def seq_tensors_to_arrow(t: SeqTensors, entity: str, with_history_ids: bool = False) -> pa.RecordBatch:
+    """``SeqTensors`` as a flat RecordBatch (fixed-size lists stored as lists)."""
+    p = SEQ_PREFIX[entity]
+    length = t.mask.shape[1] if t.mask.ndim == 2 else 0
+    cols = [
+        pa.array(t.order_id.astype(str) if len(t.order_id) else [], type=pa.string()),
+        pa.array(t.entity_id.astype(str) if len(t.entity_id) else [], type=pa.string()),
+        pa.array(t.event_time_us, type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        _fixed_list(t.cat, length * t.cat.shape[2], pa.int32()),
+        _fixed_list(t.num, length * t.num.shape[2], pa.float32()),
+        _fixed_list(t.dt, length, pa.float32()),
+        pa.array(t.hist_len, type=pa.int32()),
+    ]
+    if with_history_ids:
+        assert t.hist_order_id is not None
+        cols.append(_fixed_list(t.hist_order_id.astype(str), length, pa.string()))
+    return pa.RecordBatch.from_arrays(cols, schema=seq_arrow_schema(entity, with_history_ids))
+
+
+def encode_engineered(batch: pa.RecordBatch | pa.Table, enc: Encoders) -> np.ndarray:
+    """Scaled engineered features [T, n_eng] (float32); nulls get the default before scaling."""
+    out = np.zeros((batch.num_rows, len(enc.engineered)), dtype=np.float32)
+    for j, c in enumerate(enc.engineered):
+        if c not in batch.schema.names:
+            raise EncoderError(f"engineered column {c!r} missing from the batch ({batch.schema.names})")
+        col = batch.column(c)
+        vals = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        out[:, j] = enc.encode_numeric(c, np.asarray(vals, dtype=np.float64))
+    return out
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """Numpy inputs of the two-sequence model (the single-sequence model uses the customer part)."""
+
+    order_id: np.ndarray
+    c_cat: np.ndarray
+    c_num: np.ndarray
+    c_dt: np.ndarray
+    c_mask: np.ndarray
+    k_cat: np.ndarray
+    k_num: np.ndarray
+    k_dt: np.ndarray
+    k_mask: np.ndarray
+    eng: np.ndarray
+    label: Optional[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.order_id)
+
+
+def _lens_to_mask(lens: np.ndarray, length: int) -> np.ndarray:
+    """Left-padded mask: the last ``len + 1`` slots are real; len = -1 means nothing is there."""
+    pos = np.arange(length)[None, :]
+    return pos >= (length - 1 - lens[:, None])
+
+
+def _reshape(col: pa.Array | pa.ChunkedArray, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    n = len(col)
+    flat = col.flatten().to_numpy(zero_copy_only=False) if n else np.zeros(0)
+    expect = n * int(np.prod(shape))
+    if flat.size != expect:
+        raise EncoderError(f"column of {n} rows holds {flat.size} values, expected {expect} for shape {shape}")
+    return flat.astype(dtype, copy=False).reshape((n, *shape))
+
+
+def examples_to_batch(tbl: pa.Table | pa.RecordBatch, enc: Encoders) -> ModelBatch:
+    """Examples rows (see ``tsa_lib.spark.examples``) -> numpy model inputs, no per-row Python."""
+    length, nc, nn, ne = enc.seq_len, len(enc.categorical), len(enc.numerical), len(enc.engineered)
+
+    def np1(name: str) -> np.ndarray:
+        c = tbl.column(name)
+        return np.asarray(c.to_numpy(zero_copy_only=False) if isinstance(c, pa.ChunkedArray)
+                          else c.to_numpy(zero_copy_only=False))
+
+    c_len, k_len = np1("c_len").astype(np.int64), np1("k_len").astype(np.int64)
+    label = None
+    if "label" in tbl.schema.names:
+        lab = np1("label")
+        label = np.where(np.equal(lab, None), -1, lab).astype(np.int64) if lab.dtype == object \
+            else np.nan_to_num(lab.astype(np.float64), nan=-1).astype(np.int64)
+    return ModelBatch(
+        order_id=np1("order_id").astype(object),
+        c_cat=_reshape(tbl.column("c_cat"), (length, nc), np.int64),
+        c_num=_reshape(tbl.column("c_num"), (length, nn), np.float32),
+        c_dt=_reshape(tbl.column("c_dt"), (length,), np.float32),
+        c_mask=_lens_to_mask(c_len, length),
+        k_cat=_reshape(tbl.column("k_cat"), (length, nc), np.int64),
+        k_num=_reshape(tbl.column("k_num"), (length, nn), np.float32),
+        k_dt=_reshape(tbl.column("k_dt"), (length,), np.float32),
+        k_mask=_lens_to_mask(k_len, length),
+        eng=_reshape(tbl.column("eng"), (ne,), np.float32),
+        label=label,
+    )

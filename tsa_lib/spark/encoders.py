@@ -1,0 +1,85 @@
+"""Fit the encoders in Spark on a training window only (never data after it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING
+
+from tsa_lib.config import SuiteConfig
+from tsa_lib.features.encoders import Encoders, Scaler, new_version
+from tsa_lib.spark.inputs import read_engineered, read_transactions
+from tsa_lib.spark.quality import OID, check_quality
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+def _scalers(df: "DataFrame", columns: tuple[str, ...], cfg: SuiteConfig) -> dict[str, Scaler]:
+    """Robust min-max per column: optional log1p, then the configured quantiles (finite values only)."""
+    from pyspark.sql import functions as F
+
+    if not columns:
+        return {}
+    e = cfg.encoders
+    exprs = []
+    for c in columns:
+        v = F.col(c).cast("double")
+        v = F.when(F.isnan(v) | v.isin(float("inf"), float("-inf")), None).otherwise(v)
+        if c in e.log1p:
+            v = F.log1p(F.greatest(v, F.lit(0.0)))
+        exprs.append(F.percentile_approx(v, [e.quantile_low, e.quantile_high], 10000).alias(c))
+    row = df.agg(*exprs).first()
+    out = {}
+    for c in columns:
+        q = row[c]
+        lo, hi = (float(q[0]), float(q[1])) if q and q[0] is not None else (0.0, 0.0)
+        if q is None or q[0] is None:
+            log.warning("column %s has no finite values in the fit window: it will encode as 0", c)
+        out[c] = Scaler(lo=lo, hi=hi, log1p=c in e.log1p)
+    return out
+
+
+def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: dt.date) -> Encoders:
+    """Vocabularies and scalers from the orders of [start, end] (inclusive), quality-checked."""
+    from pyspark.sql import functions as F
+
+    if end < start:
+        raise ValueError(f"training window: end {end} is before start {start}")
+    cols, e = cfg.columns, cfg.encoders
+    lo = dt.datetime.combine(start, dt.time())
+    hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
+    raw, _ = read_transactions(spark, cfg, lo, hi, with_null_time=False)
+    clean = check_quality(raw, cols, cfg.quality).clean.cache()
+    try:
+        n = clean.count()
+        if n == 0:
+            raise ValueError(f"training window {start}..{end}: no usable orders in input.transactions")
+        vocab: dict[str, tuple[str, ...]] = {c: () for c in cols.categorical}
+        if cols.categorical:
+            pairs = F.explode(F.array(*[F.struct(F.lit(c).alias("col"), F.col(c).alias("val"))
+                                        for c in cols.categorical])).alias("p")
+            counts = (clean.select(pairs).select("p.col", "p.val").groupBy("col", "val").count()
+                      .filter((F.col("count") >= e.min_frequency) & (F.col("val") != cfg.quality.categorical_default)))
+            grouped: dict[str, list[tuple[int, str]]] = {c: [] for c in cols.categorical}
+            for r in counts.collect():
+                grouped[r["col"]].append((-int(r["count"]), str(r["val"])))
+            vocab = {c: tuple(v for _, v in sorted(grouped[c])[: e.max_vocab_per_column]) for c in cols.categorical}
+        num = _scalers(clean, tuple(cols.numerical), cfg)
+        eng_df = read_engineered(spark, cfg, clean.select(F.col(OID).cast("string").alias("order_id")))
+        eng = _scalers(eng_df, tuple(cols.engineered), cfg)
+    finally:
+        clean.unpersist()
+    enc = Encoders(
+        version=new_version(cfg.hash), config_hash=cfg.hash,
+        window_start=start.isoformat(), window_end=end.isoformat(),
+        categorical=tuple(cols.categorical), numerical=tuple(cols.numerical), engineered=tuple(cols.engineered),
+        vocab=vocab, numeric_scalers=num, engineered_scalers=eng,
+        max_len=cfg.sequences.max_len, max_history_days=cfg.sequences.max_history_days,
+        time_unit_seconds=cfg.sequences.time_unit_seconds, numerical_default=cfg.quality.numerical_default,
+    )
+    log.info("fit encoders on %d orders of %s..%s: vocab %s (total %d)", n, start, end,
+             {c: len(v) for c, v in vocab.items()}, enc.vocab_size)
+    return enc

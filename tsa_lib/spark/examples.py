@@ -1,0 +1,207 @@
+"""Encoded examples: sequences + engineered features + labels -> fixed-shape arrays, in Spark.
+
+The encoding itself is ``tsa_lib.features.tensorize`` (numpy), called inside
+``mapInArrow``: the same function scoring uses, so training and scoring see
+identical tensors.  ``build_examples_frame`` is a pure-ish transform (it reads
+the suite's tables, writes nothing); ``run_build_examples`` writes the
+``examples`` table and the quarantine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from tsa_lib.cli import RunContext
+from tsa_lib.config import PROJECT_ROOT, SuiteConfig
+from tsa_lib.features.encoders import Encoders
+from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, seq_tensors_to_arrow
+from tsa_lib.spark.delta_io import ensure_table, replace_partitions
+from tsa_lib.spark.inputs import read_engineered, read_labels
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+JOB = "build_examples"
+
+
+class ExamplesError(RuntimeError):
+    """The examples do not reconcile with the sequence targets."""
+
+
+def encoded_seq_schema(entity: str, with_history_ids: bool = False) -> "StructType":
+    from pyspark.sql.types import ArrayType, FloatType, IntegerType, StringType, StructField, StructType, \
+        TimestampType
+
+    p = {"customer": "c", "card": "k"}[entity]
+    fields = [StructField("order_id", StringType()), StructField(f"{entity}_id", StringType()),
+              StructField("event_time", TimestampType()), StructField(f"{p}_cat", ArrayType(IntegerType())),
+              StructField(f"{p}_num", ArrayType(FloatType())), StructField(f"{p}_dt", ArrayType(FloatType())),
+              StructField(f"{p}_len", IntegerType())]
+    if with_history_ids:
+        fields.append(StructField(f"{p}_hist_ids", ArrayType(StringType())))
+    return StructType(fields)
+
+
+def examples_schema() -> "StructType":
+    from pyspark.sql.types import ArrayType, DateType, FloatType, IntegerType, StringType, StructField, \
+        StructType, TimestampType
+
+    arr_i, arr_f = ArrayType(IntegerType(), True), ArrayType(FloatType(), True)
+    return StructType([
+        StructField("order_id", StringType(), False), StructField("customer_id", StringType(), True),
+        StructField("card_id", StringType(), True), StructField("event_time", TimestampType(), False),
+        StructField("label", IntegerType(), True),
+        StructField("c_cat", arr_i, False), StructField("c_num", arr_f, False), StructField("c_dt", arr_f, False),
+        StructField("c_len", IntegerType(), False),
+        StructField("k_cat", arr_i, False), StructField("k_num", arr_f, False), StructField("k_dt", arr_f, False),
+        StructField("k_len", IntegerType(), False),
+        StructField("eng", arr_f, False),
+        StructField("encoder_version", StringType(), False), StructField("run_id", StringType(), False),
+        StructField("ds", DateType(), False),
+    ])
+
+
+def encoded_sequences(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, dates: Sequence[dt.date],
+                      entity: str, with_history_ids: bool = False) -> "DataFrame":
+    """Per-target encoded windows of one entity's sequences for ``dates``."""
+    from pyspark.sql import functions as F
+
+    path = cfg.storage.table_path(f"sequences_{entity}", PROJECT_ROOT)
+    seq = spark.read.format("delta").load(path).filter(F.col("ds").isin(list(dates)))
+    need = ["entity_id", "n_context", "n_targets", "order_id", "event_time", *enc.categorical, *enc.numerical]
+    missing = [c for c in need if c not in seq.columns]
+    if missing:
+        raise ValueError(f"sequences_{entity} at {path!r} lacks column(s) {missing} the encoders need")
+
+    def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            yield seq_tensors_to_arrow(encode_sequence_batch(b, enc, with_history_ids), entity, with_history_ids)
+
+    return seq.select(*need).mapInArrow(encode, encoded_seq_schema(entity, with_history_ids))
+
+
+@dataclass(frozen=True)
+class ExamplesFrame:
+    examples: "DataFrame"
+    rejected: "DataFrame"       # order_id, event_time, reason, detail, raw
+
+
+def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, dates: Sequence[dt.date],
+                         run_id: str, with_history_ids: bool = False) -> ExamplesFrame:
+    """Join the encoded customer and card windows, engineered features and labels per target order."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
+
+    if not dates:
+        raise ValueError("dates: at least one date is required")
+    length, nc, nn = enc.seq_len, len(enc.categorical), len(enc.numerical)
+    cust = encoded_sequences(spark, cfg, enc, dates, "customer", with_history_ids)
+    card = encoded_sequences(spark, cfg, enc, dates, "card", with_history_ids).drop("event_time")
+
+    eng_cols = list(enc.engineered)
+    eng_raw = read_engineered(spark, cfg, cust.select("order_id"))
+    bad = F.lit(None).cast("string")
+    for c in reversed(eng_cols):
+        v = F.col(c)
+        bad = F.when(F.isnan(v) | v.isin(float("inf"), float("-inf")),
+                     F.concat(F.lit(f"{c}="), v.cast("string"))).otherwise(bad)
+    eng_raw = eng_raw.withColumn("_bad", bad)
+
+    def encode_eng(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            e = encode_engineered(b, enc)
+            offsets = pa.array(np.arange(b.num_rows + 1, dtype=np.int32) * len(eng_cols))
+            yield pa.RecordBatch.from_arrays(
+                [b.column("order_id"), pa.ListArray.from_arrays(offsets, pa.array(e.reshape(-1), pa.float32())),
+                 b.column("_bad")], names=["order_id", "eng", "_bad"])
+
+    eng = eng_raw.mapInArrow(encode_eng, StructType([StructField("order_id", StringType()),
+                                                    StructField("eng", ArrayType(FloatType())),
+                                                    StructField("_bad", StringType())]))
+    # orders with no engineered row get every engineered feature's default, scaled
+    default_eng = encode_engineered(pa.table({c: pa.array([None], pa.float64()) for c in eng_cols}), enc)[0] \
+        if eng_cols else np.zeros(0, np.float32)
+    labels = read_labels(spark, cfg, dates)
+
+    def zeros(n: int) -> "F.Column":
+        return F.array_repeat(F.lit(0).cast("int"), n)
+
+    joined = (cust.join(card, "order_id", "left").join(eng, "order_id", "left")
+              .join(labels, ["order_id", "event_time"], "left"))
+    rejected = joined.filter(F.col("_bad").isNotNull()).select(
+        "order_id", "event_time", F.lit("non_finite").alias("reason"),
+        F.concat(F.lit("engineered "), F.col("_bad")).alias("detail"), F.lit(None).cast("string").alias("raw"))
+    hist = [] if not with_history_ids else [
+        "c_hist_ids", F.coalesce("k_hist_ids", F.array_repeat(F.lit(""), length)).alias("k_hist_ids")]
+    examples = joined.filter(F.col("_bad").isNull()).select(
+        "order_id", "customer_id", "card_id", "event_time", "label",
+        "c_cat", "c_num", "c_dt", "c_len",
+        F.coalesce("k_cat", zeros(length * nc)).alias("k_cat"),
+        F.coalesce("k_num", zeros(length * nn).cast("array<float>")).alias("k_num"),
+        F.coalesce("k_dt", zeros(length).cast("array<float>")).alias("k_dt"),
+        F.coalesce("k_len", F.lit(-1)).alias("k_len"),
+        F.coalesce("eng", F.array(*[F.lit(float(x)).cast("float") for x in default_eng])
+                   if eng_cols else F.array().cast("array<float>")).alias("eng"),
+        F.lit(enc.version).alias("encoder_version"), F.lit(run_id).alias("run_id"),
+        F.to_date("event_time").alias("ds"), *hist)
+    return ExamplesFrame(examples=examples, rejected=rejected)
+
+
+@dataclass
+class ExamplesSummary:
+    dates: tuple[dt.date, ...]
+    targets: int = 0
+    examples: int = 0
+    quarantined: int = 0
+    labeled: int = 0
+    positives: int = 0
+
+
+def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, enc: Encoders) -> ExamplesSummary:
+    """Write the ``examples`` partitions of ``ctx.dates`` and reconcile them with the sequence targets."""
+    from pyspark.sql import functions as F
+
+    from tsa_lib.spark.build_sequences import write_quarantine
+
+    if not ctx.dates:
+        raise ValueError("build_examples needs --run-date or --start-date/--end-date")
+    dates = sorted(ctx.dates)
+    s = ExamplesSummary(dates=tuple(dates))
+    seq_path = cfg.storage.table_path("sequences_customer", PROJECT_ROOT)
+    s.targets = int(spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(dates))
+                    .agg(F.sum("n_targets")).first()[0] or 0)
+    if s.targets == 0:
+        raise ValueError(f"no customer sequences for {[d.isoformat() for d in dates]} in {seq_path!r}: "
+                         f"run jobs/build_sequences.py for these dates first")
+    frame = build_examples_frame(spark, cfg, enc, dates, ctx.run_id)
+    path = cfg.storage.table_path("examples", PROJECT_ROOT)
+    schema = examples_schema()
+    ensure_table(spark, path, schema, cfg.storage.qualified("examples"),
+                 comment="TSA encoded examples: fixed-shape arrays per target order")
+    replace_partitions(frame.examples.select(*[f.name for f in schema.fields]), path, dates,
+                       ctx.metadata(cfg.hash, encoder_version=enc.version))
+    rejected = (frame.rejected.withColumn("ds", F.to_date("event_time")).withColumn("job", F.lit(JOB))
+                .withColumn("stage", F.lit("examples")).withColumn("run_id", F.lit(ctx.run_id)))
+    write_quarantine(spark, cfg, ctx, rejected, JOB)
+    agg = (spark.read.format("delta").load(path).filter(F.col("ds").isin(dates))
+           .agg(F.count(F.lit(1)).alias("n"), F.count("label").alias("labeled"), F.sum("label").alias("pos"))
+           .first())
+    s.examples, s.labeled, s.positives = int(agg["n"]), int(agg["labeled"]), int(agg["pos"] or 0)
+    qpath = cfg.storage.table_path("quarantine", PROJECT_ROOT)
+    s.quarantined = (spark.read.format("delta").load(qpath)
+                     .filter(F.col("ds").isin(dates) & (F.col("job") == JOB)).count())
+    if s.examples + s.quarantined != s.targets:
+        raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
+                            f"{s.targets} for {[d.isoformat() for d in dates]}")
+    log.info("examples for %s: %d (+%d quarantined), %d labeled, %d positive", [d.isoformat() for d in dates],
+             s.examples, s.quarantined, s.labeled, s.positives)
+    return s
