@@ -7,7 +7,6 @@ arithmetic is reordered (SDPA vs explicit attention, bf16, permutations).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path

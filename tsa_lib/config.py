@@ -44,6 +44,7 @@ __all__ = [
     "SequenceConfig",
     "QualityConfig",
     "EncoderConfig",
+    "TrainConfig",
     "GeneratorConfig",
     "SuiteConfig",
     "load_config",
@@ -229,6 +230,58 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The training job: data windows, optimisation, precision, checkpoints, early stopping."""
+
+    model_preset: str = "small"             # conf/models/<name>.yaml or a path
+    model_name: str = "tsa"
+    train_start: Optional[str] = None       # YYYY-MM-DD, inclusive
+    train_end: Optional[str] = None
+    valid_start: Optional[str] = None       # strictly after train_end
+    valid_end: Optional[str] = None
+    examples_version: Optional[int] = None  # pin a Delta version of the examples table (default: latest)
+    epochs: int = 5
+    batch_size: int = 256
+    eval_batch_size: int = 2048
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    compile: bool = False
+    class_weighting: Literal["none", "balanced", "sqrt"] = "sqrt"
+    max_pos_weight: float = 50.0
+    early_stopping_metric: Literal["average_precision", "roc_auc"] = "average_precision"
+    patience: int = 2
+    checkpoint_every_steps: int = 200
+    log_every_steps: int = 50
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        for key in ("train_start", "train_end", "valid_start", "valid_end"):
+            v = getattr(self, key)
+            if v is not None:
+                _check_date(f"training.{key}", v)
+        for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
+            check_positive(f"training.{key}", getattr(self, key))
+        check_positive("training.lr", self.lr)
+        check_positive("training.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("training.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive("training.grad_clip", self.grad_clip, allow_zero=True)
+        check_positive("training.max_pos_weight", self.max_pos_weight)
+        check_positive("training.patience", self.patience, allow_zero=True)
+        check_identifier("training.model_name", self.model_name)
+        if self.train_end and self.valid_start and self.valid_start <= self.train_end:
+            raise ConfigError(f"training.valid_start: {self.valid_start!r} must be after training.train_end "
+                              f"{self.train_end!r} (validation is strictly later than training)")
+        for a, b in (("train_start", "train_end"), ("valid_start", "valid_end")):
+            va, vb = getattr(self, a), getattr(self, b)
+            if va and vb and vb < va:
+                raise ConfigError(f"training.{b}: {vb!r} is before training.{a} {va!r}")
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """Synthetic data (the embedded default's input)."""
 
@@ -269,6 +322,7 @@ class SuiteConfig:
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def __post_init__(self) -> None:

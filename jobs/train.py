@@ -1,0 +1,52 @@
+"""Train the TSA model on the `examples` Delta table (DDP when launched with torchrun).
+
+    torchrun --nproc-per-node 2 jobs/train.py --config conf/local.yaml
+    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \
+        jobs/train.py --config conf/databricks.yaml
+    jobs/train.py --config conf/local.yaml --resume      # continue from the last checkpoint
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # torchrun runs this file directly
+
+from tsa_lib.cli import base_parser, main_guard, setup_logging  # noqa: E402
+from tsa_lib.config import load_config  # noqa: E402
+
+log = logging.getLogger("jobs.train")
+
+
+@main_guard
+def main(argv: Sequence[str] | None = None) -> int:
+    p = base_parser(__doc__ or "", dated=False)
+    p.add_argument("--encoders", default=None, help="encoder artifact (default: <artifacts>/encoders/LATEST)")
+    p.add_argument("--run-dir", default=None, help="checkpoints folder (default: <artifacts>/runs/<model_name>)")
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last.pt")
+    args = p.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(args.log_level if rank == 0 else "WARNING")
+    from tsa_lib.training.trainer import init_distributed, plan_training, train
+
+    cfg = load_config(args.config)
+    plan = plan_training(cfg, args.encoders, args.run_dir)  # every check happens before training
+    d = init_distributed()
+    try:
+        artifact = train(plan, resume=args.resume, d=d)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if artifact is not None:
+        print(f"model artifact: {artifact}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Training: a real 2-process CPU torchrun (gloo) on a tiny planted-pattern examples table,
+kill-and-resume equality, a safe artifact, and clear errors before any training."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from tsa_lib.config import PROJECT_ROOT, load_config
+from tsa_lib.features.encoders import Encoders, Scaler
+from tsa_lib.training.data import DataError
+
+L, NC = 5, 2          # max_len 4 + target; two categorical columns
+MARK = 3              # the planted token: "a risky merchant appeared in the customer's history"
+
+
+def _encoders() -> Encoders:
+    return Encoders(version="enc-train-test", config_hash="x", window_start="2026-01-01", window_end="2026-01-09",
+                    categorical=("mcc", "channel"), numerical=("amount",), engineered=("age",),
+                    vocab={"mcc": ("a", "risky", "b", "c"), "channel": ("web", "pos")},
+                    numeric_scalers={"amount": Scaler(0.0, 1.0)}, engineered_scalers={"age": Scaler(0.0, 1.0)},
+                    max_len=L - 1, max_history_days=30.0)
+
+
+def _examples(n: int = 1400, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    c_len = rng.integers(0, L, n)
+    cat = rng.choice([2, 4, 5], size=(n, L, NC))           # never the marker by chance
+    cat[:, :, 1] = rng.choice([6, 7], size=(n, L))
+    y = (rng.random(n) < 0.25).astype(np.int32)
+    has_hist = c_len > 0
+    y = y * has_hist
+    for i in np.flatnonzero(y):                              # plant the marker somewhere in the history
+        pos = rng.integers(L - 1 - c_len[i], L - 1)
+        cat[i, pos, 0] = MARK
+    mask = np.arange(L)[None, :] >= (L - 1 - c_len[:, None])
+    cat = np.where(mask[:, :, None], cat, 0)
+    num = np.where(mask[:, :, None], rng.random((n, L, 1)), 0).astype(np.float32)
+    dtt = np.where(mask, rng.random((n, L)) * 5, 0).astype(np.float32)
+    dtt[:, -1] = 0
+    days = np.sort(rng.integers(0, 12, n))
+    ts = [dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=int(d), seconds=i)
+          for i, d in enumerate(days)]
+
+    def fl(a: np.ndarray, typ: pa.DataType) -> pa.ListArray:
+        w = int(np.prod(a.shape[1:]))
+        return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * w), pa.array(a.reshape(-1), typ))
+
+    return pa.table({
+        "order_id": [f"o{i}" for i in range(n)], "customer_id": [f"c{i % 50}" for i in range(n)],
+        "card_id": [f"k{i % 70}" for i in range(n)], "event_time": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        "label": pa.array(y, pa.int32()),
+        "c_cat": fl(cat.astype(np.int32), pa.int32()), "c_num": fl(num, pa.float32()), "c_dt": fl(dtt, pa.float32()),
+        "c_len": pa.array(c_len.astype(np.int32)),
+        "k_cat": fl(np.zeros((n, L, NC), np.int32), pa.int32()), "k_num": fl(np.zeros((n, L, 1), np.float32),
+                                                                           pa.float32()),
+        "k_dt": fl(np.zeros((n, L), np.float32), pa.float32()), "k_len": pa.array(np.full(n, -1, np.int32)),
+        "eng": fl(rng.random((n, 1)).astype(np.float32), pa.float32()),
+        "encoder_version": ["enc-train-test"] * n, "run_id": ["r"] * n,
+        "ds": pa.array([t.date() for t in ts], pa.date32()),
+    })
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import deltalake
+
+    root = tmp_path_factory.mktemp("train")
+    wh = root / "wh"
+    deltalake.write_deltalake(str(wh / "traintest" / "examples"), _examples(), partition_by=["ds"])
+    _encoders().save(root / "artifacts" / "encoders")
+    base = yaml.safe_load((PROJECT_ROOT / "conf" / "local.yaml").read_text())
+    base["storage"] = {"warehouse": str(wh), "database": "traintest", "artifacts": str(root / "artifacts")}
+    base["columns"].update(categorical=["mcc", "channel"], numerical=["amount"], engineered=["age"])
+    base["quality"] = {}
+    base["encoders"] = {}
+    base["training"] = {"model_preset": "tiny", "model_name": "t", "train_start": "2026-01-01",
+                        "train_end": "2026-01-09", "valid_start": "2026-01-10", "valid_end": "2026-01-12",
+                        "epochs": 3, "batch_size": 64, "lr": 0.005, "warmup_steps": 5, "patience": 5,
+                        "log_every_steps": 5, "checkpoint_every_steps": 7, "class_weighting": "sqrt"}
+    cfg = root / "train.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    return {"root": root, "cfg": cfg}
+
+
+def _torchrun(cfg: Path, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(_free_port()), str(PROJECT_ROOT / "jobs" / "train.py"), "--config", str(cfg), "--run-dir",
+           str(run_dir), *extra]
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
+
+
+def _artifact(out: str) -> Path:
+    line = [x for x in out.splitlines() if x.startswith("model artifact: ")]
+    assert line, out
+    return Path(line[-1].split(": ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup: dict[str, Any]) -> Path:
+    r = _torchrun(setup["cfg"], setup["root"] / "run_a")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return _artifact(r.stdout)
+
+
+def test_two_rank_torchrun_trains_in_sync(uninterrupted: Path) -> None:
+    from tsa_lib.training.artifact import load_artifact
+
+    man = json.loads((uninterrupted / "manifest.json").read_text())
+    assert man["world_size"] == 2 and man["ranks_in_sync"] is True
+    assert man["data"]["examples_version"] == 0 and man["encoders_version"] == "enc-train-test"
+    metrics = json.loads((uninterrupted / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3
+    assert metrics["best"]["roc_auc"] > 0.8, metrics   # planted sequential pattern, clearly above chance
+    loaded = load_artifact(uninterrupted)               # safetensors + JSON: nothing unpickled
+    assert loaded.config.seq_len == L and loaded.config.vocab_size == _encoders().vocab_size
+    assert loaded.name == "t" and loaded.version == uninterrupted.name
+
+
+def test_kill_and_resume_reaches_the_same_result(setup: dict[str, Any], uninterrupted: Path) -> None:
+    run_b = setup["root"] / "run_b"
+    r = _torchrun(setup["cfg"], run_b, env={"TSA_TEST_STOP_AFTER_EPOCH": "1"})
+    assert r.returncode != 0 and (run_b / "checkpoints" / "last.pt").is_file()
+    r = _torchrun(setup["cfg"], run_b, "--resume")
+    assert r.returncode == 0, r.stderr[-5000:]
+    resumed = _artifact(r.stdout)
+    a = json.loads((uninterrupted / "manifest.json").read_text())
+    b = json.loads((resumed / "manifest.json").read_text())
+    assert b["final_weights_digest"] == a["final_weights_digest"]
+    ma = json.loads((uninterrupted / "metrics.json").read_text())["history"]
+    mb = json.loads((resumed / "metrics.json").read_text())["history"]
+    for x, y in zip(ma, mb):
+        assert x["roc_auc"] == pytest.approx(y["roc_auc"], abs=1e-9)
+        assert x["valid_loss"] == pytest.approx(y["valid_loss"], rel=1e-9)
+
+
+def test_errors_before_training(setup: dict[str, Any], tmp_path: Path) -> None:
+    from tsa_lib.config import ConfigError
+    from tsa_lib.features.encoders import EncoderError
+    from tsa_lib.training.trainer import plan_training
+
+    cfg = load_config(setup["cfg"])
+    plan = plan_training(cfg)
+    assert plan.model_cfg.n_cat_features == 2 and plan.train == (dt.date(2026, 1, 1), dt.date(2026, 1, 9))
+    no_window = cfg.replace(training=cfg.training.__class__(model_preset="tiny"))
+    with pytest.raises(DataError, match=r"training.train_start"):
+        plan_training(no_window)
+    other = cfg.replace(storage=cfg.storage.__class__(warehouse=str(tmp_path), database="none",
+                                                      artifacts=cfg.storage.artifacts))
+    with pytest.raises(DataError, match="cannot be opened"):
+        plan_training(other)
+    with pytest.raises(EncoderError, match="does not exist"):
+        plan_training(cfg, encoders=str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="valid_start"):
+        load_config(setup["cfg"], overrides={"training": {"valid_start": "2026-01-05"}})
+    with pytest.raises(ConfigError, match="model preset 'huge' not found"):
+        plan_training(cfg.replace(training=cfg.training.__class__(**{**cfg.training.__dict__,
+                                                                      "model_preset": "huge"})))

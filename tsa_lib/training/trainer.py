@@ -1,0 +1,393 @@
+"""The training loop: DDP (NCCL on GPUs, gloo on CPU), AMP, checkpoint/resume, early stopping.
+
+Launched by ``torchrun --nproc-per-node N jobs/train.py --config FILE`` (or as a
+plain process: one rank).  The model stays free of distribution concerns: DDP
+wrapping happens here.  Only rank 0 logs progress and writes files.
+
+Determinism: batches come from a permutation seeded by (seed, epoch) and the
+dropout RNG is re-seeded from (seed, epoch, step, rank) before every step, so a
+run resumed from any checkpoint takes exactly the steps of a run never stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from tsa_lib.config import PROJECT_ROOT, SuiteConfig, TrainConfig, to_dict
+from tsa_lib.evaluation.metrics import average_precision, recall_at_fpr, roc_auc
+from tsa_lib.features.encoders import Encoders, load_encoders
+from tsa_lib.models.config import ModelConfig, load_model_config
+from tsa_lib.models.factory import build_model
+from tsa_lib.training.artifact import code_commit, model_config_for, new_model_version, save_artifact
+from tsa_lib.training.data import DataError, TensorData, model_inputs, read_examples, table_version
+
+log = logging.getLogger(__name__)
+
+STOP_AFTER_EPOCH_ENV = "TSA_TEST_STOP_AFTER_EPOCH"  # tests: hard-exit after this epoch's checkpoint
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything checked before any training starts."""
+
+    cfg: SuiteConfig
+    tc: TrainConfig
+    enc: Encoders
+    model_cfg: ModelConfig
+    examples_path: str
+    train: tuple[dt.date, dt.date]
+    valid: tuple[dt.date, dt.date]
+    run_dir: Path
+
+
+@dataclass
+class State:
+    epoch: int = 0
+    step: int = 0                 # next step within ``epoch``
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    done: bool = False
+
+
+def plan_training(cfg: SuiteConfig, encoders: Optional[str] = None, run_dir: Optional[str] = None) -> Plan:
+    """Validate the config, encoders, model preset and data location; raise before training on any problem."""
+    tc = cfg.training
+    missing = [k for k in ("train_start", "train_end", "valid_start", "valid_end") if getattr(tc, k) is None]
+    if missing:
+        raise DataError(f"training: set {['training.' + k for k in missing]} (dates, YYYY-MM-DD)")
+    if tc.amp == "fp16" and not torch.cuda.is_available():
+        raise DataError("training.amp: 'fp16' needs a GPU; use 'bf16' or 'none' on CPU")
+    enc = load_encoders(encoders or cfg.storage.artifacts_path("encoders"))
+    model_cfg = model_config_for(load_model_config(tc.model_preset), enc)
+    path = cfg.storage.table_path("examples", PROJECT_ROOT)
+    table_version(path)  # the table must exist
+    d = dt.date.fromisoformat
+    rd = Path(run_dir) if run_dir else cfg.storage.artifacts_path(f"runs/{tc.model_name}")
+    return Plan(cfg=cfg, tc=tc, enc=enc, model_cfg=model_cfg, examples_path=path,
+                train=(d(tc.train_start), d(tc.train_end)), valid=(d(tc.valid_start), d(tc.valid_end)),
+                run_dir=rd)
+
+
+# ---- distribution helpers ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, world=world, local_rank=local, device=device)
+
+
+def _all_sum(x: float, d: Dist) -> float:
+    if d.world == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def _all_min(x: int, d: Dist) -> int:
+    if d.world == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.int64, device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _gather(obj: Any, d: Dist) -> list[Any]:
+    if d.world == 1:
+        return [obj]
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast(obj: Any, d: Dist) -> Any:
+    if d.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---- the loop --------------------------------------------------------------------------------------------
+
+def _lr_lambda(tc: TrainConfig, total_steps: int):  # type: ignore[no-untyped-def]
+    def f(step: int) -> float:
+        if tc.warmup_steps and step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        if tc.schedule == "cosine":
+            prog = min(1.0, (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog))
+        return 1.0
+    return f
+
+
+def _class_weight(labels: np.ndarray, tc: TrainConfig, d: Dist) -> torch.Tensor:
+    pos = _all_sum(float((labels == 1).sum()), d)
+    neg = _all_sum(float((labels == 0).sum()), d)
+    if pos == 0:
+        raise DataError("training window has no positive (fraud) labels")
+    ratio = neg / pos
+    w = {"none": 1.0, "balanced": ratio, "sqrt": math.sqrt(ratio)}[tc.class_weighting]
+    return torch.tensor([1.0, min(w, tc.max_pos_weight)], dtype=torch.float32, device=d.device)
+
+
+def evaluate(model: torch.nn.Module, data: TensorData, model_type: str, tc: TrainConfig, d: Dist,
+             weight: torch.Tensor) -> dict[str, float]:
+    """Validation loss and metrics over all ranks' shards."""
+    model.eval()
+    probs, labels, loss_sum = [], [], 0.0
+    amp = _autocast(tc, d)
+    with torch.no_grad():
+        for b in data.batches(tc.eval_batch_size, 0, 0, shuffle=False):
+            with amp:
+                logits, _ = model(*model_inputs(b, model_type))
+            logits = logits.float()
+            loss_sum += float(F.cross_entropy(logits, b["label"], weight=weight, reduction="sum").item())
+            probs.append(torch.softmax(logits, -1)[:, 1].cpu().numpy())
+            labels.append(b["label"].cpu().numpy())
+    p = np.concatenate(probs) if probs else np.zeros(0)
+    y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    parts = _gather((p, y, loss_sum), d)
+    p = np.concatenate([x[0] for x in parts])
+    y = np.concatenate([x[1] for x in parts])
+    return {"valid_loss": sum(x[2] for x in parts) / max(1, len(y)), "roc_auc": roc_auc(y, p),
+            "average_precision": average_precision(y, p), "recall_at_1pct_fpr": recall_at_fpr(y, p, 0.01),
+            "valid_n": float(len(y)), "valid_positives": float(y.sum())}
+
+
+def _autocast(tc: TrainConfig, d: Dist):  # type: ignore[no-untyped-def]
+    if tc.amp == "none":
+        return torch.autocast(device_type=d.device.type, enabled=False)
+    dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=d.device.type, dtype=dtype)
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                     scaler: Optional[torch.amp.GradScaler], st: State) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step,
+                  "best_metric": st.best_metric, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
+                  "history": st.history, "done": st.done},
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                     scaler: Optional[torch.amp.GradScaler]) -> State:
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    if scaler is not None and blob["scaler"]:
+        scaler.load_state_dict(blob["scaler"])
+    torch.set_rng_state(blob["rng"]["torch"])
+    return State(**blob["state"])
+
+
+def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optional[Path]:
+    """Run training; returns the artifact folder on rank 0 (None elsewhere)."""
+    d = d or init_distributed()
+    tc, mcfg = plan.tc, plan.model_cfg
+    version = _broadcast(plan.tc.examples_version if plan.tc.examples_version is not None
+                         else table_version(plan.examples_path), d)
+    t0 = time.perf_counter()
+    tr_batch = read_examples(plan.examples_path, version, *plan.train, plan.enc, d.rank, d.world)
+    va_batch = read_examples(plan.examples_path, version, *plan.valid, plan.enc, d.rank, d.world)
+    train_data = TensorData.from_batch(_labeled(tr_batch), d.device)
+    valid_data = TensorData.from_batch(_labeled(va_batch), d.device)
+    weight = _class_weight(train_data.labels(), tc, d)
+    steps_per_epoch = _all_min(train_data.num_steps(tc.batch_size, drop_last=True), d)
+    if steps_per_epoch == 0:
+        raise DataError(f"training window has fewer rows per rank ({train_data.n}) than one batch ({tc.batch_size})")
+    if d.main:
+        log.info("data: examples v%d, train %d rows/rank (%d steps/epoch x %d ranks), valid %d rows/rank, "
+                 "pos weight %.2f, loaded in %.1fs on %s", version, train_data.n, steps_per_epoch, d.world,
+                 valid_data.n, float(weight[1]), time.perf_counter() - t0, d.device)
+
+    torch.manual_seed(tc.seed)
+    model = build_model(mcfg).to(d.device)
+    ddp: torch.nn.Module = model
+    if d.world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+            find_unused_parameters=mcfg.use_moe)
+    run_model = torch.compile(ddp) if tc.compile else ddp
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    total = steps_per_epoch * tc.epochs
+    if tc.schedule == "plateau":
+        sched: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc, total))
+    scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" else None
+    ckpt = plan.run_dir / "checkpoints" / "last.pt"
+    best_path = plan.run_dir / "checkpoints" / "best.pt"
+    st = State()
+    if resume:
+        if not ckpt.is_file():
+            raise DataError(f"--resume: no checkpoint at {str(ckpt)!r}")
+        st = _load_checkpoint(ckpt, model, opt, sched, scaler)
+        if d.main:
+            log.info("resumed from %s at epoch %d step %d", ckpt, st.epoch, st.step)
+    elif d.main and ckpt.exists():
+        ckpt.unlink()
+
+    amp = _autocast(tc, d)
+    while st.epoch < tc.epochs and not st.done:
+        run_model.train()
+        tick, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+        for b in train_data.batches(tc.batch_size, tc.seed, st.epoch, st.step, drop_last=True,
+                                    steps=steps_per_epoch):
+            torch.manual_seed(_step_seed(tc.seed, st.epoch, st.step, d.rank))
+            with amp:
+                logits, _ = run_model(*model_inputs(b, mcfg.model_type))
+            loss = F.cross_entropy(logits.float(), b["label"], weight=weight) + model.aux_loss
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step()
+            st.step += 1
+            st.global_step += 1
+            seen += len(b["label"]) * d.world
+            loss_sum += float(loss.detach())
+            n_loss += 1
+            if d.main and st.global_step % tc.log_every_steps == 0:
+                el = time.perf_counter() - tick
+                left = (tc.epochs - st.epoch) * steps_per_epoch - st.step
+                rate = seen / max(el, 1e-9)
+                log.info("epoch %d step %d/%d loss %.4f  %.0f samples/s  eta %.0fs", st.epoch, st.step,
+                         steps_per_epoch, loss_sum / n_loss, rate, left * tc.batch_size * d.world / max(rate, 1e-9))
+            if st.global_step % tc.checkpoint_every_steps == 0 and st.step < steps_per_epoch and d.main:
+                _save_checkpoint(ckpt, model, opt, sched, scaler, st)
+        train_loss = _all_sum(loss_sum, d) / max(1.0, _all_sum(float(n_loss), d))
+        m = evaluate(run_model, valid_data, mcfg.model_type, tc, d, weight)
+        m.update(epoch=float(st.epoch), train_loss=train_loss,
+                 train_samples_per_s=seen / max(time.perf_counter() - tick, 1e-9), lr=opt.param_groups[0]["lr"])
+        st.history.append(m)
+        metric = m[tc.early_stopping_metric]
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(metric)
+        improved = metric > st.best_metric + 1e-6
+        if improved:
+            st.best_metric, st.best_epoch, st.bad_epochs = metric, st.epoch, 0
+            if d.main:
+                best_path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), best_path)
+        else:
+            st.bad_epochs += 1
+            st.done = st.bad_epochs > tc.patience
+        if d.main:
+            log.info("epoch %d: train loss %.4f, valid loss %.4f, AUC %.4f, AP %.4f, recall@1%%FPR %.4f%s",
+                     st.epoch, train_loss, m["valid_loss"], m["roc_auc"], m["average_precision"],
+                     m["recall_at_1pct_fpr"], " (best)" if improved else "")
+        st.epoch += 1
+        st.step = 0
+        if d.main:
+            _save_checkpoint(ckpt, model, opt, sched, scaler, st)
+        if d.world > 1:
+            dist.barrier()
+        if os.environ.get(STOP_AFTER_EPOCH_ENV) == str(st.epoch):
+            os._exit(17)  # tests: die like a killed job, after the checkpoint
+
+    digests = _gather(weights_digest(model), d)
+    if not d.main:
+        return None
+    if st.done:
+        log.info("early stopping after epoch %d (best epoch %d)", st.epoch - 1, st.best_epoch)
+    final_digest = digests[0]
+    if best_path.is_file():
+        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+    else:
+        log.warning("no epoch improved %s (metric undefined?): the artifact holds the last weights",
+                    tc.early_stopping_metric)
+    best = next((h for h in st.history if int(h["epoch"]) == st.best_epoch), st.history[-1] if st.history else {})
+    metrics = {"best_epoch": st.best_epoch, "best": best, "history": st.history,
+               "early_stopping_metric": tc.early_stopping_metric}
+    version_name = new_model_version()
+    manifest = {
+        "model_name": tc.model_name, "version": version_name, "model_type": mcfg.model_type,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "code_commit": code_commit(),
+        "torch_version": torch.__version__, "world_size": d.world, "device": d.device.type,
+        "ranks_in_sync": len(set(digests)) == 1, "final_weights_digest": final_digest,
+        "data": {"examples_path": plan.examples_path, "examples_version": version,
+                 "train": [x.isoformat() for x in plan.train], "valid": [x.isoformat() for x in plan.valid]},
+        "encoders_version": plan.enc.version, "suite_config": to_dict(plan.cfg), "config_hash": plan.cfg.hash,
+    }
+    folder = plan.cfg.storage.artifacts_path(f"models/{tc.model_name}") / version_name
+    return save_artifact(folder, model, mcfg, plan.enc, metrics, manifest)
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**62)
+
+
+def _labeled(batch: Any) -> Any:
+    """Drop unlabeled rows (label -1): they cannot train or validate."""
+    from dataclasses import replace
+
+    keep = batch.label >= 0
+    if keep.all():
+        return batch
+    return replace(batch, **{f: getattr(batch, f)[keep] for f in
+                             ("order_id", "c_cat", "c_num", "c_dt", "c_mask", "k_cat", "k_num", "k_dt", "k_mask",
+                              "eng", "label")})
