@@ -106,7 +106,7 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     device = np.arange(n_c)  # one device per customer: device ids d<customer>
     # new accounts: 8% open during the window; the rest opened long before it
     opened = start - rng.integers(30, 1500, n_c) * 86400
-    is_new = rng.random(n_c) < 0.08
+    is_new = rng.random(n_c) < 0.15
     opened[is_new] = start + rng.integers(0, span - 86400, is_new.sum())
     mcc_pref = rng.dirichlet(MCC_LEGIT_P * 30, n_c)
     n_cards = rng.choice([1, 2, 3], n_c, p=[.55, .33, .12])
@@ -206,7 +206,7 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     tiny = pos < np.repeat(n_tiny, size)
     ep = np.repeat(np.arange(n_ep), size)
     amt = np.where(tiny, np.round(rng.uniform(0.5, 2.5, len(ep)), 2), np.round(rng.uniform(250, 1800, len(ep)), 2))
-    mcc_ct = np.where(tiny, rng.choice([7, 4, 13], len(ep)), rng.choice([6, 8, 14], len(ep)))
+    mcc_ct = np.where(tiny, rng.choice([7, 4, 13, 3], len(ep)), rng.choice([6, 8, 14, 5, 12, 0], len(ep)))
     b.add(ts=times, cust=fr_acc[ep], card=kcard[ep], mcc=mcc_ct,
           country=np.where(rng.random(n_ep) < 0.5, home[card_owner[kcard]], rng.choice(RISKY, n_ep))[ep],
           dev=np.array([f"x{e}" for e in ep], dtype=object), amount=amt,
@@ -232,15 +232,17 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     ep = np.repeat(np.arange(n_ep), size)
     times = np.repeat(t_ep, size) + _within_group_cumsum(rng.integers(300, 3 * 3600, len(ep)), size)
     vcard = card_first[victims] + (rng.random(n_ep) * n_cards[victims]).astype(np.int64)
-    b.add(ts=times, cust=victims[ep], card=vcard[ep], mcc=rng.choice([6, 8, 14, 5], len(ep)),
-          country=rng.choice(RISKY, n_ep)[ep], dev=np.array([f"a{e}" for e in ep], dtype=object),
-          amount=np.round(spend[victims[ep]] * rng.uniform(3, 12, len(ep)), 2),
+    b.add(ts=times, cust=victims[ep], card=vcard[ep], mcc=rng.choice([6, 8, 14, 5, 12, 1, 0], len(ep)),
+          country=np.where(rng.random(n_ep) < 0.5, rng.choice(RISKY, n_ep),
+                           rng.choice(len(COUNTRIES), n_ep))[ep],
+          dev=np.array([f"a{e}" for e in ep], dtype=object),
+          amount=np.round(spend[victims[ep]] * rng.uniform(1.5, 6, len(ep)), 2),
           scen=np.full(len(ep), "account_takeover", dtype=object), label=np.ones(len(ep), np.int8))
 
     # stolen card from a fresh account: a victim's card with history, a brand-new customer id
     n_ep = max(1, int(round(per_scenario / 3.0)))
-    kcard = rng.integers(0, n_k, n_ep)
-    t_ep = rng.integers(window_lo, start + span - 86400, n_ep)
+    kcard = rng.choice(np.flatnonzero(~is_new[card_owner]), n_ep)  # established cards, with a history
+    t_ep = rng.integers(min(window_lo + 7 * 86400, start + span - 2 * 86400), start + span - 86400, n_ep)
     acc = next_cust + np.arange(n_ep)
     fraud_accounts_opened.append(np.stack([acc, t_ep - rng.integers(0, 2 * 86400, n_ep)]))
     next_cust += n_ep
@@ -277,7 +279,6 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     channel_p = np.where(np.isin(f["mcc"], [6, 7, 8]), 1, 0)
     channel = np.where(channel_p == 1, rng.choice([1, 2], n), rng.choice([0, 0, 0, 1, 2], n))
     entry = np.where(channel == 0, rng.choice([0, 1, 2], n, p=[.5, .4, .1]), np.where(rng.random(n) < .97, 3, 4))
-    entry = np.where(f["label"] == 1, np.where(channel == 0, 2, np.where(rng.random(n) < .3, 4, 3)), entry)
     tx = pd.DataFrame({
         "order_id": np.arange(1, n + 1, dtype=np.int64) + 10_000_000,
         "customer_id": np.char.add("C", f["cust"].astype(str)).astype(object),

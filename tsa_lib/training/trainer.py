@@ -259,8 +259,7 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
     ddp: torch.nn.Module = model
     if d.world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-            find_unused_parameters=mcfg.use_moe)
+            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     run_model = torch.compile(ddp) if tc.compile else ddp
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total = steps_per_epoch * tc.epochs
