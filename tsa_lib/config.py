@@ -45,6 +45,7 @@ __all__ = [
     "QualityConfig",
     "EncoderConfig",
     "TrainConfig",
+    "ScoringConfig",
     "GeneratorConfig",
     "SuiteConfig",
     "load_config",
@@ -282,6 +283,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ScoringConfig:
+    """Nightly bulk scoring: which model, how big the model's batches, threads per Python worker."""
+
+    model_path: Optional[str] = None   # an artifact folder; default <artifacts>/models/<training.model_name>/LATEST
+    batch_size: int = 1024             # rows per model call (independent of Arrow's batch size)
+    torch_threads: int = 1             # per Python worker: one worker per executor core
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    top_k: int = 3                     # most-attended past orders kept as explanation
+
+    def __post_init__(self) -> None:
+        check_positive("scoring.batch_size", self.batch_size)
+        check_positive("scoring.torch_threads", self.torch_threads, allow_zero=True)
+        check_positive("scoring.top_k", self.top_k)
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """Synthetic data (the embedded default's input)."""
 
@@ -323,6 +340,7 @@ class SuiteConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,156 @@
+"""Nightly scoring: Spark job == direct model call, explanations, re-runs, backfill, failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tsa_lib.cli import RunContext
+from tsa_lib.config import ColumnsConfig, EncoderConfig, InputConfig, QualityConfig, ScoringConfig, \
+    SequenceConfig, StorageConfig, SuiteConfig, TableSource, TrainConfig
+from tsa_lib.training.artifact import ArtifactError
+
+COLS = ColumnsConfig(order_id="oid", customer_id="cust", card_id="card", event_time="ts", label="y",
+                     categorical=("mcc",), numerical=("amount",), engineered=("age",))
+D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
+
+
+def _rows() -> list[tuple[Any, ...]]:
+    T = dt.datetime.fromisoformat
+    return [
+        (1, "A", "K1", T("2026-01-01 10:00"), "grocery", 10.0, 0, 100.0),
+        (2, "A", "K1", T("2026-01-01 11:00"), "grocery", 20.0, 0, 100.0),
+        (3, "B", "K1", T("2026-01-02 09:00"), "fuel", 30.0, 0, 5.0),
+        (4, "B", None, T("2026-01-02 10:00"), "fuel", 40.0, 0, 6.0),
+        (5, "A", "K1", T("2026-01-03 08:00"), "jewelry", 900.0, 1, 101.0),
+        (6, "D", "K9", T("2026-01-03 09:00"), "fuel", 35.0, 0, float("nan")),   # quarantined: engineered NaN
+        (7, "C", "K2", T("2026-01-03 10:00"), "fuel", 15.0, None, 1.0),          # no history at all
+        (8, "A", "K1", T("2026-01-03 11:00"), "grocery", 25.0, 0, 101.0),
+    ]
+
+
+def _ctx(*dates: dt.date, run_id: str = "s1") -> RunContext:
+    return RunContext(job="score", run_id=run_id, dates=dates,
+                      started_at=dt.datetime(2026, 1, 4, 1, tzinfo=dt.timezone.utc))
+
+
+@pytest.fixture(scope="module")
+def scored(spark, warehouse: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, \
+        TimestampType
+
+    from tsa_lib.models.config import load_model_config
+    from tsa_lib.models.factory import build_model
+    from tsa_lib.spark.build_sequences import run_build_sequences
+    from tsa_lib.spark.encoders import fit_encoders
+    from tsa_lib.training.artifact import model_config_for, save_artifact
+
+    schema = StructType([StructField("oid", LongType()), StructField("cust", StringType()),
+                         StructField("card", StringType()), StructField("ts", TimestampType()),
+                         StructField("mcc", StringType()), StructField("amount", DoubleType()),
+                         StructField("y", IntegerType()), StructField("age", DoubleType())])
+    src = str(warehouse / "score_input")
+    spark.createDataFrame(_rows(), schema).write.format("delta").mode("overwrite").save(src)
+    cfg = SuiteConfig(input=InputConfig(transactions=TableSource(path=src)), columns=COLS,
+                      storage=StorageConfig(warehouse=str(warehouse), database="scoretest",
+                                            artifacts=str(warehouse / "score_artifacts")),
+                      sequences=SequenceConfig(max_len=3, max_history_days=30.0),
+                      quality=QualityConfig(numeric_ranges={"amount": (0.0, 1e5)}),
+                      encoders=EncoderConfig(min_frequency=1, quantile_low=0.0, quantile_high=1.0),
+                      training=TrainConfig(model_name="scorer"),
+                      scoring=ScoringConfig(batch_size=2, top_k=2))
+    run_build_sequences(spark, cfg, _ctx(D2, D3))
+    enc = fit_encoders(spark, cfg, D1, D2)
+    import torch
+
+    torch.manual_seed(0)
+    mcfg = model_config_for(load_model_config("tiny").replace(model_type="two_seq"), enc)
+    art = save_artifact(cfg.storage.artifacts_path("models/scorer") / "v1", build_model(mcfg), mcfg, enc, {},
+                        {"model_name": "scorer", "version": "v1"})
+    from tsa_lib.scoring.job import run_scoring
+
+    summary = run_scoring(spark, cfg, _ctx(D3))
+    return {"cfg": cfg, "enc": enc, "artifact": art, "summary": summary}
+
+
+def _scores(spark, cfg: SuiteConfig) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return {r.order_id: r for r in spark.read.format("delta").load(cfg.storage.table_path("scores")).collect()}
+
+
+def test_job_equals_direct_call(spark, scored: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    from tsa_lib.scoring.job import score_arrow
+    from tsa_lib.spark.examples import build_examples_frame
+    from tsa_lib.training.artifact import load_artifact
+
+    s = scored["summary"]
+    assert (s.targets, s.scored, s.quarantined, s.model) == (4, 3, 1, "scorer/v1")
+    got = _scores(spark, scored["cfg"])
+    assert sorted(got) == ["5", "7", "8"]
+    loaded = load_artifact(scored["artifact"])
+    ex = build_examples_frame(spark, scored["cfg"], loaded.encoders, [D3], "x", with_history_ids=True)
+    direct = score_arrow(loaded, ex.examples.toArrow(), batch_size=4096, top_k=2)
+    for oid, score in zip(direct.column("order_id").to_pylist(), direct.column("score").to_pylist()):
+        assert got[oid].score == pytest.approx(score, abs=1e-5)
+        assert 0.0 < got[oid].score < 1.0
+    r = got["5"]
+    assert (r.model_name, r.model_version, r.run_id, r.ds) == ("scorer", "v1", "s1", D3)
+    assert spark.sql("SELECT count(*) AS n FROM scoretest.scores WHERE ds = DATE'2026-01-03'").first().n == 3
+
+
+def test_explanations(spark, scored: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    got = _scores(spark, scored["cfg"])
+    for r in got.values():
+        assert r.gate_customer + r.gate_card == pytest.approx(1.0, abs=1e-6)
+    # order 5: customer A's history is orders 1, 2; card K1's is 1, 2, 3
+    assert set(got["5"].top_customer_orders) <= {"1", "2"} and len(got["5"].top_customer_orders) == 2
+    assert set(got["5"].top_card_orders) <= {"1", "2", "3"} and len(got["5"].top_card_orders) == 2
+    assert got["5"].top_customer_weights == sorted(got["5"].top_customer_weights, reverse=True)
+    assert set(got["8"].top_customer_orders) <= {"1", "2", "5"}
+    # order 7 has no history: still scored, no attended orders
+    assert got["7"].top_customer_orders == [] and got["7"].top_card_orders == []
+
+
+def test_rerun_and_backfill(spark, scored: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    from tsa_lib.scoring.job import run_scoring
+
+    cfg = scored["cfg"]
+    before = {k: v.score for k, v in _scores(spark, cfg).items()}
+    run_scoring(spark, cfg, _ctx(D3, run_id="s2"))
+    after = _scores(spark, cfg)
+    assert {k: v.score for k, v in after.items()} == before and {v.run_id for v in after.values()} == {"s2"}
+    s = run_scoring(spark, cfg, _ctx(D2, D3, run_id="bf"))
+    assert (s.targets, s.scored) == (6, 5)
+    rows = _scores(spark, cfg)
+    assert sorted(rows) == ["3", "4", "5", "7", "8"]
+    assert rows["4"].gate_card == 0.0 and rows["4"].card_id is None   # no card: the gate ignores it
+
+
+def test_failures_before_anything_is_written(spark, scored: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import shutil
+
+    from tsa_lib.scoring.job import run_scoring
+
+    cfg = scored["cfg"]
+    n = spark.read.format("delta").load(cfg.storage.table_path("scores")).count()
+    with pytest.raises(ArtifactError, match="does not exist"):
+        run_scoring(spark, cfg, _ctx(D3, run_id="bad"), model_path=str(tmp_path / "nope"))
+    broken = tmp_path / "broken"
+    shutil.copytree(scored["artifact"], broken)
+    enc = json.loads((broken / "encoders.json").read_text())
+    enc["vocab"]["mcc"].append("extra")
+    enc.pop("vocab_size")
+    (broken / "encoders.json").write_text(json.dumps(enc))
+    with pytest.raises(ArtifactError, match="vocab_size model=.* encoders="):
+        run_scoring(spark, cfg, _ctx(D3, run_id="bad"), model_path=str(broken))
+    (broken / "metrics.json").unlink()
+    with pytest.raises(ArtifactError, match=r"missing \['metrics.json'\]"):
+        run_scoring(spark, cfg, _ctx(D3, run_id="bad"), model_path=str(broken))
+    with pytest.raises(ValueError, match="run jobs/build_sequences.py"):
+        run_scoring(spark, cfg, _ctx(dt.date(2026, 5, 1), run_id="bad"))
+    assert spark.read.format("delta").load(cfg.storage.table_path("scores")).count() == n
+    assert spark.read.format("delta").load(cfg.storage.table_path("scores")).filter("run_id = 'bad'").count() == 0
