@@ -22,6 +22,7 @@ setup(
         "deltalake>=1.1,<2",  # off-Spark reads on GPU nodes
         "torch>=2.4",  # loose: the GPU nodes' preinstalled torch (2.11) satisfies it
         "safetensors>=0.4",
+        "matplotlib>=3.8",  # the evaluation report's plots
     ],
     extras_require={
         "spark": SPARK,

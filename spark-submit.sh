@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Run one job of the suite the same way everywhere.
+#
+#   ./spark-submit.sh [--target local|emr|databricks] [--dry-run] jobs/<job>.py --config FILE [job args...]
+#
+# local       spark-submit from the project's virtualenv, master local[2], the Delta jars that
+#             `make jars` fetched (--jars), Delta's SQL extension and catalog, this interpreter for
+#             the Python workers.  The default.
+# emr         builds a wheel of tsa_lib, then `spark-submit --master yarn --deploy-mode cluster`
+#             shipping the wheel (--py-files) and the config (--files); the job reads the config by
+#             its base name.  Delta comes from the EMR release.  Set TSA_EMR_SUBMIT_ARGS for extra
+#             spark-submit flags (executor sizes, --conf ...).  Run it on the master node, or wrap the
+#             printed command in an EMR step (the Airflow DAG does).
+# databricks  builds the wheel and prints (and with TSA_DATABRICKS_SUBMIT=1 submits through the
+#             `databricks` CLI) a one-time run: spark_python_task + the wheel as a library +
+#             an idempotency token derived from the job, its arguments and the config's hash.
+#             TSA_DBFS_ROOT (default dbfs:/FileStore/tsa) is where the wheel, job and config go.
+# --dry-run   print the exact command (or the run JSON) instead of running it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TARGET=local
+DRY=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --target) TARGET="${2:?--target needs local|emr|databricks}"; shift 2 ;;
+    --target=*) TARGET="${1#--target=}"; shift ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) break ;;
+  esac
+done
+JOB="${1:-}"
+[[ -n "$JOB" ]] || { echo "spark-submit.sh: give a job file, e.g. jobs/build_sequences.py (see --help)" >&2; exit 2; }
+shift
+[[ -f "$ROOT/$JOB" || -f "$JOB" ]] || { echo "spark-submit.sh: job file '$JOB' not found" >&2; exit 2; }
+[[ -f "$JOB" ]] || JOB="$ROOT/$JOB"
+ARGS=("$@")
+
+config_of() {  # the value after --config in the job's arguments
+  local prev=""
+  for a in "${ARGS[@]}"; do
+    [[ "$prev" == "--config" ]] && { echo "$a"; return; }
+    [[ "$a" == --config=* ]] && { echo "${a#--config=}"; return; }
+    prev="$a"
+  done
+}
+CONFIG="$(config_of)"
+[[ -n "$CONFIG" ]] || { echo "spark-submit.sh: the job needs --config FILE" >&2; exit 2; }
+
+run() {
+  if [[ $DRY -eq 1 ]]; then printf '%q ' "$@"; echo; else exec "$@"; fi
+}
+
+build_wheel() {  # prints the wheel's path
+  local out="$ROOT/dist"
+  if [[ $DRY -eq 0 ]]; then
+    rm -rf "$out" && "${PY}" -m pip wheel -q --no-deps -w "$out" "$ROOT" >&2
+    ls "$out"/tsa_lib-*.whl
+  else
+    echo "$out/tsa_lib-0.1.0-py3-none-any.whl"
+  fi
+}
+
+PY="${TSA_PYTHON:-$ROOT/.venv/bin/python}"
+[[ -x "$PY" ]] || PY="$(command -v python3)"
+
+case "$TARGET" in
+  local)
+    SPARK_SUBMIT="$ROOT/.venv/bin/spark-submit"
+    [[ -x "$SPARK_SUBMIT" ]] || SPARK_SUBMIT="$(command -v spark-submit || true)"
+    [[ -n "$SPARK_SUBMIT" ]] || { echo "spark-submit.sh: no spark-submit: run 'make setup'" >&2; exit 2; }
+    JARS="$(cd "$ROOT" && PYTHONPATH="$ROOT" "$PY" -c \
+      'from tsa_lib.spark.session import find_delta_jars; print(",".join(find_delta_jars().files))')"
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+    run "$SPARK_SUBMIT" --master "${TSA_LOCAL_MASTER:-local[2]}" --driver-memory "${TSA_DRIVER_MEMORY:-4g}" \
+      --jars "$JARS" \
+      --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
+      --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
+      --conf spark.ui.showConsoleProgress=false \
+      --conf "spark.pyspark.python=$PY" --conf "spark.pyspark.driver.python=$PY" \
+      "$JOB" "${ARGS[@]}"
+    ;;
+  emr)
+    WHEEL="$(build_wheel)"
+    CONF_NAME="$(basename "$CONFIG")"
+    JOB_ARGS=()
+    prev=""
+    for a in "${ARGS[@]}"; do  # the config travels with --files; the job reads it by base name
+      if [[ "$prev" == "--config" ]]; then JOB_ARGS+=("$CONF_NAME"); else JOB_ARGS+=("$a"); fi
+      prev="$a"
+    done
+    # shellcheck disable=SC2086
+    run spark-submit --master yarn --deploy-mode cluster \
+      --py-files "$WHEEL" --files "$CONFIG" \
+      --conf spark.sql.execution.arrow.pyspark.enabled=true \
+      ${TSA_EMR_SUBMIT_ARGS:-} "$JOB" "${JOB_ARGS[@]}"
+    ;;
+  databricks)
+    WHEEL="$(build_wheel)"
+    ROOT_DBFS="${TSA_DBFS_ROOT:-dbfs:/FileStore/tsa}"
+    JSON="$(TSA_JOB="$JOB" TSA_CONFIG="$CONFIG" TSA_WHEEL="$WHEEL" TSA_DBFS="$ROOT_DBFS" "$PY" - "${ARGS[@]}" <<'PYEOF'
+import hashlib, json, os, sys
+job, config, wheel, dbfs = (os.environ[k] for k in ("TSA_JOB", "TSA_CONFIG", "TSA_WHEEL", "TSA_DBFS"))
+args = sys.argv[1:]
+conf_remote = f"{dbfs}/conf/{os.path.basename(config)}"
+params = [conf_remote.replace("dbfs:/", "/dbfs/") if a == config else a for a in args]
+token = hashlib.sha256(json.dumps([os.path.basename(job), params, open(config, "rb").read().hex()]).encode()).hexdigest()[:32]
+run = {
+    "run_name": f"tsa-{os.path.basename(job)[:-3]}-{'-'.join(a for a in args if a[:2].isdigit())}",
+    "idempotency_token": token,
+    "tasks": [{
+        "task_key": os.path.basename(job)[:-3],
+        "spark_python_task": {"python_file": f"{dbfs}/jobs/{os.path.basename(job)}", "parameters": params},
+        "libraries": [{"whl": f"{dbfs}/wheels/{os.path.basename(wheel)}"}],
+        "existing_cluster_id": os.environ.get("TSA_DATABRICKS_CLUSTER_ID", "<cluster-id>"),
+    }],
+}
+print(json.dumps(run, indent=1))
+PYEOF
+)"
+    if [[ $DRY -eq 1 || "${TSA_DATABRICKS_SUBMIT:-0}" != "1" ]]; then
+      echo "$JSON"
+      [[ $DRY -eq 1 ]] || echo "(set TSA_DATABRICKS_SUBMIT=1 to upload with 'databricks fs cp' and submit with 'databricks jobs submit')" >&2
+    else
+      databricks fs cp --overwrite "$WHEEL" "$ROOT_DBFS/wheels/$(basename "$WHEEL")"
+      databricks fs cp --overwrite "$JOB" "$ROOT_DBFS/jobs/$(basename "$JOB")"
+      databricks fs cp --overwrite "$CONFIG" "$ROOT_DBFS/conf/$(basename "$CONFIG")"
+      databricks jobs submit --json "$JSON"
+    fi
+    ;;
+  *) echo "spark-submit.sh: --target must be local, emr or databricks, got '$TARGET'" >&2; exit 2 ;;
+esac

@@ -1,0 +1,67 @@
+"""The Airflow DAG's plan and the spark-submit wrapper's commands (dry runs)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tsa_lib.config import PROJECT_ROOT
+from tsa_lib.orchestration.airflow_dag import plan
+
+SUBMIT = str(PROJECT_ROOT / "spark-submit.sh")
+
+
+def test_plan_order_and_templated_dates() -> None:
+    p = {t.task_id: t for t in plan("conf/x.yaml")}
+    assert list(p) == ["build_sequences", "build_examples", "maybe_train", "score", "evaluate"]
+    assert p["build_examples"].upstream == ("build_sequences",)
+    assert p["score"].upstream == ("build_sequences", "maybe_train")
+    assert p["evaluate"].upstream == ("score",)
+    for t in ("build_sequences", "build_examples", "score"):
+        assert p[t].args[-2:] == ("--run-date", "{{ ds }}")  # the logical date, so retries/backfills are idempotent
+    assert p["maybe_train"].torchrun and "--run-date" not in p["maybe_train"].args
+
+
+def test_dag_with_airflow() -> None:
+    pytest.importorskip("airflow", reason="apache-airflow is an optional extra (pip install .[airflow])")
+    from tsa_lib.orchestration.airflow_dag import build_dag
+
+    dag = build_dag("spark_submit")
+    ids = {t.task_id for t in dag.tasks}
+    assert {"build_sequences", "build_examples", "is_training_night", "maybe_train", "score", "evaluate"} <= ids
+    assert "{{ ds }}" in dag.get_task("score").bash_command
+
+
+def _dry(*args: str) -> str:
+    r = subprocess.run([SUBMIT, "--dry-run", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_spark_submit_local_dry_run() -> None:
+    out = _dry("jobs/score.py", "--config", "conf/local.yaml", "--run-date", "2026-02-25")
+    assert "spark-submit --master local\\[2\\]" in out and "delta-spark_4.2_2.13-4.4.0.jar" in out
+    assert "io.delta.sql.DeltaSparkSessionExtension" in out and out.rstrip().endswith("--run-date 2026-02-25")
+
+
+def test_spark_submit_cluster_dry_runs() -> None:
+    emr = _dry("--target", "emr", "jobs/score.py", "--config", "conf/emr.yaml", "--run-date", "2026-02-25")
+    assert "--master yarn --deploy-mode cluster --py-files" in emr and "--files conf/emr.yaml" in emr
+    assert "--config emr.yaml --run-date 2026-02-25" in emr
+    db = _dry("--target", "databricks", "jobs/score.py", "--config", "conf/databricks.yaml", "--run-date", "2026-02-25")
+    assert '"idempotency_token"' in db and "/dbfs/FileStore/tsa/conf/databricks.yaml" in db
+    again = _dry("--target", "databricks", "jobs/score.py", "--config", "conf/databricks.yaml", "--run-date", "2026-02-25")
+    assert again == db  # same job + args + config -> same token
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--target", "yarn", "jobs/score.py", "--config", "c"], "--target must be local, emr or databricks"),
+    (["jobs/nope.py", "--config", "c"], "job file 'jobs/nope.py' not found"),
+    (["jobs/score.py", "--run-date", "2026-01-01"], "needs --config"),
+    ([], "give a job file"),
+])
+def test_spark_submit_bad_arguments(args: list[str], words: str) -> None:
+    r = subprocess.run([SUBMIT, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and words in r.stderr

@@ -1,0 +1,114 @@
+"""`make demo`: the whole nightly pipeline on the embedded default, through the real entry points.
+
+generate -> build sequences -> fit encoders -> build examples -> train (torchrun, 2 CPU ranks)
+-> score -> evaluate, then a Spark SQL query over tsa.scores and the metrics.
+Each step is the same command a user or Airflow runs (./spark-submit.sh ..., torchrun ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tsa_lib.config import PROJECT_ROOT, SuiteConfig, load_config
+
+SUBMIT = str(PROJECT_ROOT / "spark-submit.sh")
+
+
+def _step(n: int, total: int, title: str, cmd: Sequence[str]) -> float:
+    print(f"\n[{n}/{total}] {title}\n    $ {' '.join(cmd)}", flush=True)
+    t = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(list(cmd), cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # progress stays visible: the jobs' own log lines, minus Spark's noise
+        if " WARN " in line or line.startswith(("WARNING: Using incubator", "Using Spark's default", "Setting default log",
+                                                "To adjust logging", "26/")) or not line.strip():
+            continue
+        print("    " + line.rstrip(), flush=True)
+    if proc.wait() != 0:
+        raise SystemExit(f"step '{title}' failed with exit code {proc.returncode}")
+    took = time.perf_counter() - t
+    print(f"    done in {took:.0f}s", flush=True)
+    return took
+
+
+def _dates(cfg: SuiteConfig) -> dict[str, str]:
+    tc, g = cfg.training, cfg.generator
+    last = dt.date.fromisoformat(g.start_date) + dt.timedelta(days=g.n_days - 1)
+    score_start = dt.date.fromisoformat(tc.valid_end or g.start_date) + dt.timedelta(days=1)
+    return {"seq_start": tc.train_start or g.start_date, "last": last.isoformat(),
+            "train_start": tc.train_start or g.start_date, "train_end": tc.train_end or "",
+            "valid_end": tc.valid_end or "", "score_start": score_start.isoformat(),
+            "fit_start": g.start_date}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default=str(PROJECT_ROOT / "conf" / "local.yaml"))
+    p.add_argument("--nproc", type=int, default=2, help="torchrun processes for training")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config)
+    d = _dates(cfg)
+    c = ["--config", args.config]
+    py = sys.executable
+    t0 = time.perf_counter()
+    steps = [
+        ("generate synthetic transactions (Delta)", [SUBMIT, "jobs/generate_data.py", *c]),
+        (f"build customer and card sequences {d['seq_start']}..{d['last']}",
+         [SUBMIT, "jobs/build_sequences.py", *c, "--start-date", d["seq_start"], "--end-date", d["last"]]),
+        (f"fit encoders on the training window {d['fit_start']}..{d['train_end']}",
+         [SUBMIT, "jobs/fit_encoders.py", *c, "--start-date", d["fit_start"], "--end-date", d["train_end"]]),
+        (f"encode examples {d['train_start']}..{d['valid_end']}",
+         [SUBMIT, "jobs/build_examples.py", *c, "--start-date", d["train_start"], "--end-date", d["valid_end"]]),
+        (f"train with torchrun ({args.nproc} CPU processes, gloo)",
+         [py, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc), "--master-port",
+          os.environ.get("TSA_DEMO_PORT", "29517"), "jobs/train.py", *c]),
+        (f"score {d['score_start']}..{d['last']} (pandas-free Arrow UDF, model cached per worker)",
+         [SUBMIT, "jobs/score.py", *c, "--start-date", d["score_start"], "--end-date", d["last"]]),
+        (f"evaluate {d['score_start']}..{d['last']}",
+         [SUBMIT, "jobs/evaluate.py", *c, "--start-date", d["score_start"], "--end-date", d["last"]]),
+    ]
+    for i, (title, cmd) in enumerate(steps, 1):
+        _step(i, len(steps) + 1, title, cmd)
+    print(f"\n[{len(steps) + 1}/{len(steps) + 1}] what an analyst sees: Spark SQL over tsa.scores", flush=True)
+    show(cfg, d["last"], d["score_start"])
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; tables under {cfg.storage.warehouse_path()}/"
+          f"{cfg.storage.database}, artifacts under {cfg.storage.artifacts_path()}")
+    return 0
+
+
+def show(cfg: SuiteConfig, day: str, first: str) -> None:
+    from tsa_lib.spark.delta_io import register_suite_tables
+    from tsa_lib.spark.session import get_spark
+
+    spark = get_spark(cfg.spark, cfg.storage)
+    try:
+        register_suite_tables(spark, cfg.storage)
+        db = cfg.storage.database
+        q = (f"SELECT order_id, customer_id, card_id, round(score, 4) AS score,\n"
+             f"       round(gate_customer, 2) AS gate_cust, round(gate_card, 2) AS gate_card,\n"
+             f"       top_customer_orders, top_card_orders\n"
+             f"FROM {db}.scores WHERE ds = DATE'{day}' ORDER BY score DESC LIMIT 10")
+        print(q)
+        spark.sql(q).show(truncate=40)
+        q2 = (f"SELECT ds, n, positives, round(roc_auc, 4) AS auc, round(average_precision, 4) AS ap,\n"
+              f"       round(recall_at_1pct_fpr, 4) AS recall_1pct_fpr, round(psi_vs_prev_day, 4) AS psi\n"
+              f"FROM {db}.metrics WHERE ds >= DATE'{first}' ORDER BY ds")
+        print(q2)
+        spark.sql(q2).show(40)
+        spark.sql(f"SELECT job, reason, count(*) AS n FROM {db}.quarantine GROUP BY job, reason "
+                  f"ORDER BY job, n DESC").show(20, truncate=False)
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The nightly Airflow DAG: build sequences -> encode -> score -> evaluate (training weekly).
+
+Drop this file (or a two-line file calling ``build_dag``) into the DAGs folder.
+Every task takes the DAG run's logical date as ``--run-date`` (``{{ ds }}``), and
+every job replaces exactly that date's partitions, so retries cannot duplicate
+data and ``airflow dags backfill`` just works.
+
+Variants (``TSA_AIRFLOW_VARIANT`` or ``build_dag(variant=...)``):
+- ``spark_submit``: BashOperator running ``./spark-submit.sh --target local|emr`` on the worker;
+- ``databricks``: DatabricksSubmitRunOperator, with an idempotency token per (task, logical date);
+- ``emr``: EmrAddStepsOperator + EmrStepSensor per job.
+
+The plan (tasks, order, commands) is plain Python (``plan``) so it can be
+checked without Airflow installed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+SUITE_DIR = os.environ.get("TSA_SUITE_DIR", "/opt/tsa")
+CONFIG = os.environ.get("TSA_CONFIG", "conf/databricks.yaml")
+VARIANTS = ("spark_submit", "databricks", "emr")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    job: str                  # jobs/<file>
+    args: tuple[str, ...]     # templated job arguments
+    upstream: tuple[str, ...]
+    torchrun: bool = False
+
+
+def plan(config: str = CONFIG, train_weekday: int = 6) -> list[TaskSpec]:
+    """The nightly chain.  Training runs on ``train_weekday`` (0 = Monday) or when triggered with
+    ``{"train": true}``; on other nights ``maybe_train`` is skipped and scoring uses the latest model."""
+    c = ("--config", config)
+    day = ("--run-date", "{{ ds }}")
+    return [
+        TaskSpec("build_sequences", "jobs/build_sequences.py", (*c, *day), ()),
+        TaskSpec("build_examples", "jobs/build_examples.py", (*c, *day), ("build_sequences",)),
+        TaskSpec("maybe_train", "jobs/train.py", c, ("build_examples",), torchrun=True),
+        TaskSpec("score", "jobs/score.py", (*c, *day), ("build_sequences", "maybe_train")),
+        TaskSpec("evaluate", "jobs/evaluate.py", (*c, "--run-date", "{{ macros.ds_add(ds, -1) }}"), ("score",)),
+    ]
+
+
+def _command(t: TaskSpec, target: str) -> str:
+    if t.torchrun:
+        return (f"cd {SUITE_DIR} && torchrun --nproc-per-node ${{TSA_GPUS_PER_NODE:-1}} {t.job} "
+                + " ".join(t.args))
+    return f"cd {SUITE_DIR} && ./spark-submit.sh --target {target} {t.job} " + " ".join(t.args)
+
+
+def build_dag(variant: Optional[str] = None, dag_id: str = "tsa_nightly", schedule: str = "0 3 * * *",
+              start: dt.datetime = dt.datetime(2026, 1, 1), config: str = CONFIG) -> Any:
+    """Build the Airflow DAG (imports Airflow; everything else in this module does not)."""
+    variant = variant or os.environ.get("TSA_AIRFLOW_VARIANT", "spark_submit")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {list(VARIANTS)}")
+    from airflow import DAG
+
+    try:
+        from airflow.providers.standard.operators.bash import BashOperator
+        from airflow.providers.standard.operators.python import ShortCircuitOperator
+    except ImportError:  # Airflow 2
+        from airflow.operators.bash import BashOperator  # type: ignore[no-redef]
+        from airflow.operators.python import ShortCircuitOperator  # type: ignore[no-redef]
+
+    default_args = {"retries": 2, "retry_delay": dt.timedelta(minutes=10), "depends_on_past": False}
+    dag = DAG(dag_id=dag_id, schedule=schedule, start_date=start, catchup=True, max_active_runs=3,
+              default_args=default_args, tags=["fraud", "tsa"],
+              doc_md=__doc__)
+    tasks: dict[str, Any] = {}
+    specs = plan(config)
+    with dag:
+        gate = ShortCircuitOperator(
+            task_id="is_training_night",
+            python_callable=_is_training_night,
+            ignore_downstream_trigger_rules=False,
+        )
+        for t in specs:
+            tasks[t.task_id] = _operator(variant, t)
+        for t in specs:
+            for up in t.upstream:
+                tasks[up] >> tasks[t.task_id]
+        tasks["build_examples"] >> gate >> tasks["maybe_train"]
+        # scoring runs whether or not training ran tonight
+        tasks["score"].trigger_rule = "none_failed"
+    return dag
+
+
+def _is_training_night(**context: Any) -> bool:
+    conf = (context.get("dag_run").conf or {}) if context.get("dag_run") else {}
+    return bool(conf.get("train")) or context["logical_date"].weekday() == 6
+
+
+def _operator(variant: str, t: TaskSpec) -> Any:
+    if variant == "spark_submit" or t.torchrun and variant != "databricks":
+        try:
+            from airflow.providers.standard.operators.bash import BashOperator
+        except ImportError:
+            from airflow.operators.bash import BashOperator  # type: ignore[no-redef]
+        target = "emr" if variant == "emr" else os.environ.get("TSA_SUBMIT_TARGET", "local")
+        return BashOperator(task_id=t.task_id, bash_command=_command(t, target))
+    if variant == "databricks":
+        from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
+
+        dbfs = os.environ.get("TSA_DBFS_ROOT", "dbfs:/FileStore/tsa")
+        params = [a.replace(CONFIG, f"/dbfs/{dbfs[6:]}/conf/{os.path.basename(CONFIG)}") for a in t.args]
+        return DatabricksSubmitRunOperator(
+            task_id=t.task_id,
+            json={"run_name": f"tsa-{t.task_id}-{{{{ ds }}}}",
+                  # same (task, logical date) -> same token: a retry never starts a second run
+                  "idempotency_token": f"tsa-{t.task_id}-" + "{{ ds_nodash }}",
+                  "tasks": [{"task_key": t.task_id,
+                             "spark_python_task": {"python_file": f"{dbfs}/{t.job}", "parameters": params},
+                             "libraries": [{"whl": f"{dbfs}/wheels/tsa_lib-0.1.0-py3-none-any.whl"}],
+                             "existing_cluster_id": os.environ.get("TSA_DATABRICKS_CLUSTER_ID", "")}]},
+        )
+    from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
+
+    step = {"Name": f"tsa-{t.task_id}-{{{{ ds }}}}", "ActionOnFailure": "CONTINUE",
+            "HadoopJarStep": {"Jar": "command-runner.jar",
+                              "Args": ["bash", "-c", _command(t, "emr")]}}
+    return EmrAddStepsOperator(task_id=t.task_id, job_flow_id=os.environ.get("TSA_EMR_CLUSTER_ID", ""),
+                               steps=[step], wait_for_completion=True)
+
+
+try:  # Airflow imports this module to find `dag`; without Airflow it is a plain library module
+    import airflow  # noqa: F401
+
+    dag = build_dag()
+except ImportError:
+    dag = None
