@@ -154,3 +154,18 @@ def test_failures_before_anything_is_written(spark, scored: dict[str, Any], tmp_
         run_scoring(spark, cfg, _ctx(dt.date(2026, 5, 1), run_id="bad"))
     assert spark.read.format("delta").load(cfg.storage.table_path("scores")).count() == n
     assert spark.read.format("delta").load(cfg.storage.table_path("scores")).filter("run_id = 'bad'").count() == 0
+
+
+def test_evaluation_writes_metrics_and_report(spark, scored: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    from tsa_lib.evaluation.job import run_evaluation
+
+    cfg = scored["cfg"]
+    res = run_evaluation(spark, cfg, _ctx(D3, run_id="ev"))
+    row = spark.sql("SELECT * FROM scoretest.metrics WHERE ds = DATE'2026-01-03'").collect()
+    assert len(row) == 1 and row[0].n == 3.0 and row[0].positives == 1.0   # order 7 is unlabeled
+    assert row[0].roc_auc in (0.0, 1.0) and row[0].model_version == "v1" and row[0].run_id == "ev"
+    assert res.report is not None and res.report.is_file()
+    assert (res.report.parent / "roc_pr.png").is_file() and (res.report.parent / "gates.png").is_file()
+    assert "Per day" in res.report.read_text()
+    with pytest.raises(ValueError, match="run jobs/score.py first"):
+        run_evaluation(spark, cfg, _ctx(dt.date(2026, 6, 1), run_id="ev2"))

@@ -60,6 +60,14 @@ def date_range(run_date: Optional[str], start_date: Optional[str], end_date: Opt
     return tuple(a + dt.timedelta(days=i) for i in range(n))
 
 
+def fmt_dates(dates: Sequence[dt.date]) -> str:
+    """'2026-01-01' or '2026-01-01..2026-02-19 (43 dates)' for messages."""
+    ds = sorted(dates)
+    if not ds:
+        return "no dates"
+    return ds[0].isoformat() if len(ds) == 1 else f"{ds[0].isoformat()}..{ds[-1].isoformat()} ({len(ds)} dates)"
+
+
 def base_parser(description: str, dated: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", required=True, help="suite config YAML (e.g. conf/local.yaml)")

@@ -54,9 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default=str(PROJECT_ROOT / "conf" / "local.yaml"))
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes for training")
+    p.add_argument("--show-only", action="store_true", help="only print the SQL views of the last run")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
     d = _dates(cfg)
+    if args.show_only:
+        show(cfg, d["last"], d["score_start"])
+        return 0
     c = ["--config", args.config]
     py = sys.executable
     t0 = time.perf_counter()
@@ -76,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (f"evaluate {d['score_start']}..{d['last']}",
          [SUBMIT, "jobs/evaluate.py", *c, "--start-date", d["score_start"], "--end-date", d["last"]]),
     ]
+    steps.append(("what an analyst sees: Spark SQL over tsa.scores, tsa.metrics, tsa.quarantine",
+                  [py, "-m", "tsa_lib.demo", *c, "--show-only"]))
     for i, (title, cmd) in enumerate(steps, 1):
-        _step(i, len(steps) + 1, title, cmd)
-    print(f"\n[{len(steps) + 1}/{len(steps) + 1}] what an analyst sees: Spark SQL over tsa.scores", flush=True)
-    show(cfg, d["last"], d["score_start"])
+        _step(i, len(steps), title, cmd)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; tables under {cfg.storage.warehouse_path()}/"
           f"{cfg.storage.database}, artifacts under {cfg.storage.artifacts_path()}")
     return 0
@@ -90,6 +94,7 @@ def show(cfg: SuiteConfig, day: str, first: str) -> None:
     from tsa_lib.spark.session import get_spark
 
     spark = get_spark(cfg.spark, cfg.storage)
+    spark.sparkContext.setLogLevel("ERROR")
     try:
         register_suite_tables(spark, cfg.storage)
         db = cfg.storage.database

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import pandas as pd
 
-from tsa_lib.cli import RunContext
+from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.evaluation.metrics import psi, summarize
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
@@ -88,7 +88,7 @@ def run_evaluation(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, rep
     prev_day = dates[0] - dt.timedelta(days=1)
     df = _scored_with_labels(spark, cfg, [prev_day, *dates])
     if df[df["ds"].isin(dates)].empty:
-        raise ValueError(f"no scores for {[d.isoformat() for d in dates]} in "
+        raise ValueError(f"no scores for {fmt_dates(dates)} in "
                          f"{cfg.storage.table_path('scores', PROJECT_ROOT)!r}: run jobs/score.py first")
     rows = []
     for d in dates:

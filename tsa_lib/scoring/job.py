@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
-from tsa_lib.cli import RunContext
+from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.features.tensorize import examples_to_batch
 from tsa_lib.scoring.predict import cached_model, predict, top_attended
@@ -157,7 +157,7 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
     s.targets = int(spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(dates))
                     .agg(F.sum("n_targets")).first()[0] or 0)
     if s.targets == 0:
-        raise ValueError(f"no customer sequences for {[d.isoformat() for d in dates]}: run "
+        raise ValueError(f"no customer sequences for {fmt_dates(dates)}: run "
                          f"jobs/build_sequences.py for these dates first")
     scored, rejected = score_frame(spark, cfg, loaded, dates, ctx.run_id)
     out = scored.select(
@@ -179,6 +179,6 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
                      .filter(F.col("ds").isin(dates) & (F.col("job") == JOB)).count())
     if s.scored + s.quarantined != s.targets:
         raise ScoringError(f"scored {s.scored} + quarantined {s.quarantined} != targets {s.targets}")
-    log.info("scored %d orders of %s with %s (+%d quarantined)", s.scored, [d.isoformat() for d in dates],
+    log.info("scored %d orders of %s with %s (+%d quarantined)", s.scored, fmt_dates(dates),
              s.model, s.quarantined)
     return s

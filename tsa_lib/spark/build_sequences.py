@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tsa_lib.cli import RunContext
+from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
 from tsa_lib.spark.inputs import read_transactions
@@ -131,7 +131,7 @@ def reconcile(s: BuildSummary) -> None:
     """Nothing lost: every input row of the run dates is in a sequence or in quarantine."""
     if s.input_rows != s.clean_targets + s.quarantined_input:
         raise ReconciliationError(f"input rows {s.input_rows} != clean {s.clean_targets} + quarantined "
-                                  f"{s.quarantined_input} for {[d.isoformat() for d in s.dates]}")
+                                  f"{s.quarantined_input} for {fmt_dates(s.dates)}")
     for entity, targets in s.entity_targets.items():
         expect = s.clean_targets - s.entity_capped[entity] - (s.no_card if entity == "card" else 0)
         if targets != expect:
@@ -139,5 +139,5 @@ def reconcile(s: BuildSummary) -> None:
                 f"{entity} sequences hold {targets} targets, expected {expect} (clean {s.clean_targets}, "
                 f"capped {s.entity_capped[entity]}, without card {s.no_card if entity == 'card' else 0})")
     log.info("reconciled %s: input %d = clean %d + quarantined %d; customer targets %d, card targets %d "
-             "(+%d without card)", [d.isoformat() for d in s.dates], s.input_rows, s.clean_targets,
+             "(+%d without card)", fmt_dates(s.dates), s.input_rows, s.clean_targets,
              s.quarantined_input, s.entity_targets.get("customer", 0), s.entity_targets.get("card", 0), s.no_card)

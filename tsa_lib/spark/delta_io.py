@@ -89,10 +89,11 @@ def register_suite_tables(spark: "SparkSession", storage: StorageConfig, root: P
     from delta.tables import DeltaTable
 
     names = []
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {storage.database}")
     for t in SUITE_TABLES:
         path = storage.table_path(t, root)
         if DeltaTable.isDeltaTable(spark, path):
-            register_table(spark, storage.qualified(t), path)
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {storage.qualified(t)} USING DELTA LOCATION '{_sql_str(path)}'")
             names.append(storage.qualified(t))
     return names
 
@@ -125,7 +126,9 @@ def replace_partitions(
     if user_metadata:
         writer = writer.option("userMetadata", json.dumps(user_metadata, sort_keys=True, default=str))
     writer.save(path)
-    log.info("replaced %s in %s", cond, path)
+    what = cond if len(days) <= 3 else f"{len(days)} {partition_col} partitions {days[0]}..{days[-1]}" + (
+        f" AND ({extra_condition})" if extra_condition else "")
+    log.info("replaced %s in %s", what, path)
 
 
 def _sql_str(s: str) -> str:

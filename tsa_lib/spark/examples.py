@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tsa_lib.cli import RunContext
+from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.features.encoders import Encoders
 from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, seq_tensors_to_arrow
@@ -180,7 +180,7 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
     s.targets = int(spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(dates))
                     .agg(F.sum("n_targets")).first()[0] or 0)
     if s.targets == 0:
-        raise ValueError(f"no customer sequences for {[d.isoformat() for d in dates]} in {seq_path!r}: "
+        raise ValueError(f"no customer sequences for {fmt_dates(dates)} in {seq_path!r}: "
                          f"run jobs/build_sequences.py for these dates first")
     frame = build_examples_frame(spark, cfg, enc, dates, ctx.run_id)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
@@ -201,7 +201,7 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
                      .filter(F.col("ds").isin(dates) & (F.col("job") == JOB)).count())
     if s.examples + s.quarantined != s.targets:
         raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
-                            f"{s.targets} for {[d.isoformat() for d in dates]}")
-    log.info("examples for %s: %d (+%d quarantined), %d labeled, %d positive", [d.isoformat() for d in dates],
+                            f"{s.targets} for {fmt_dates(dates)}")
+    log.info("examples for %s: %d (+%d quarantined), %d labeled, %d positive", fmt_dates(dates),
              s.examples, s.quarantined, s.labeled, s.positives)
     return s
