@@ -6,7 +6,6 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tsa_lib.cli import RunContext

@@ -19,7 +19,6 @@ from typing import Any, Literal, Optional
 
 from tsa_lib.config_base import (
     ConfigError,
-    check_choice,
     check_identifier,
     check_positive,
     check_qualified_name,

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig, load_config

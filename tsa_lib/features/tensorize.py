@@ -106,7 +106,6 @@ def _fixed_list(values: np.ndarray, width: int, typ: pa.DataType) -> pa.ListArra
 
 def seq_tensors_to_arrow(t: SeqTensors, entity: str, with_history_ids: bool = False) -> pa.RecordBatch:
     """``SeqTensors`` as a flat RecordBatch (fixed-size lists stored as lists)."""
-    p = SEQ_PREFIX[entity]
     length = t.mask.shape[1] if t.mask.ndim == 2 else 0
     cols = [
         pa.array(t.order_id.astype(str) if len(t.order_id) else [], type=pa.string()),

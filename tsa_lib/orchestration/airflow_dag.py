@@ -65,10 +65,8 @@ def build_dag(variant: Optional[str] = None, dag_id: str = "tsa_nightly", schedu
     from airflow import DAG
 
     try:
-        from airflow.providers.standard.operators.bash import BashOperator
         from airflow.providers.standard.operators.python import ShortCircuitOperator
     except ImportError:  # Airflow 2
-        from airflow.operators.bash import BashOperator  # type: ignore[no-redef]
         from airflow.operators.python import ShortCircuitOperator  # type: ignore[no-redef]
 
     default_args = {"retries": 2, "retry_delay": dt.timedelta(minutes=10), "depends_on_past": False}

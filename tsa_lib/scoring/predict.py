@@ -11,13 +11,16 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
 from tsa_lib.features.tensorize import ModelBatch
 from tsa_lib.training.artifact import LoadedModel, load_artifact
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
