@@ -76,9 +76,16 @@ def split_dates(start: str, n_days: int, train_days: int, valid_days: int, test_
     }
 
 
-def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, dates: dict[str, str]) -> Path:
-    """conf/local.yaml with everything that is written moved under ``work`` and the peers' windows."""
+def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, dates: dict[str, str],
+                      drop_categorical: Sequence[str] = ()) -> Path:
+    """conf/local.yaml with everything that is written moved under ``work`` and the peers' windows
+    (``drop_categorical``: an ablation, columns left out of ``columns.categorical``)."""
     data = yaml.safe_load((PROJECT_ROOT / "conf" / "local.yaml").read_text())
+    for col in drop_categorical:
+        if col not in data["columns"]["categorical"]:
+            raise ValueError(f"--drop-categorical: {col!r} is not in columns.categorical "
+                             f"{data['columns']['categorical']}")
+    data["columns"]["categorical"] = [c for c in data["columns"]["categorical"] if c not in drop_categorical]
     data["storage"]["warehouse"] = str(work / "warehouse")
     data["storage"]["artifacts"] = str(work / "artifacts")
     data["input"] = {"transactions": {"path": str(work / "warehouse" / "raw" / "transactions"), "format": "delta"},
@@ -96,14 +103,15 @@ def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, date
     return path
 
 
-def write_model_config(work: Path, base: Path, model_type: str, epochs: int) -> tuple[Path, str]:
+def write_model_config(work: Path, base: Path, model_type: str, epochs: int, tag: str = "") -> tuple[Path, str]:
     """Config of one (model type, epochs) run: its preset file, model name and scores table."""
     preset = yaml.safe_load((PROJECT_ROOT / "conf" / "models" / "small.yaml").read_text())
     preset["model_type"] = model_type
+    preset["n_cat_features"] = len(yaml.safe_load(base.read_text())["columns"]["categorical"])
     preset_path = work / f"model_small_{model_type}.yaml"
     preset_path.write_text(f"# conf/models/small.yaml with model_type {model_type}\n"
                            + yaml.safe_dump(preset, sort_keys=False))
-    name = f"tsa_q_{model_type}_e{epochs}"
+    name = f"tsa_q_{model_type}_e{epochs}{tag}"
     data = yaml.safe_load(base.read_text())
     data["training"].update(model_preset=str(preset_path), model_name=name, epochs=epochs)
     data["storage"]["scores"] = f"scores_{name}"
@@ -210,19 +218,19 @@ def read_scores(warehouse: Path, database: str, table: str, first: str, last: st
 # ---- the run ----------------------------------------------------------------------------------------------------
 
 def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, valid_days: int, test_days: int,
-        epochs_list: Sequence[int], model_types: Sequence[str], nproc: int, nice: int, skip_data: bool,
-        port: int) -> dict[str, Any]:
+        epochs_list: Sequence[int], model_types: Sequence[str], nproc: int, nice: int, start_at: str,
+        port: int, drop_categorical: Sequence[str] = (), tag: str = "",
+        peers_from: Optional[Path] = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     dates = split_dates("2026-01-01", n_days, train_days, valid_days, test_days)
-    base = write_base_config(work, seed, n_customers, n_days, dates)
+    base = write_base_config(work, seed, n_customers, n_days, dates, drop_categorical)
     c = ["--config", str(base)]
     log.info("work folder %s, config %s, windows %s", work, base, dates)
 
-    if not skip_data:
-        for key, title, cmd in [
+    steps = [
             ("generate", "generate synthetic transactions (dirty rate 0)",
              [SUBMIT, "jobs/generate_data.py", *c, "--dirty-rate", "0"]),
             ("build_sequences", f"build sequences {dates['tsa_train_start']}..{dates['last']}",
@@ -234,8 +242,10 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
             ("build_examples", f"build examples {dates['tsa_train_start']}..{dates['valid_end']}",
              [SUBMIT, "jobs/build_examples.py", *c, "--start-date", dates["tsa_train_start"],
               "--end-date", dates["valid_end"]]),
-        ]:
-            timings[f"{key}_s"], _ = run_step(title, cmd, logs, nice)
+    ]
+    first = [k for k, _, _ in steps].index(start_at) if start_at != "train" else len(steps)
+    for key, title, cmd in steps[first:]:
+        timings[f"{key}_s"], _ = run_step(title, cmd, logs, nice)
 
     # the peers' data and split; the Delta input must be the same rows
     t0 = time.perf_counter()
@@ -256,7 +266,7 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
     test_ids = np.sort(test_frame["order_id"].to_numpy(np.int64))
     for mt in model_types:
         for ep in epochs_list:
-            mcfg_path, name = write_model_config(work, base, mt, ep)
+            mcfg_path, name = write_model_config(work, base, mt, ep, tag)
             mc = ["--config", str(mcfg_path)]
             r: dict[str, Any] = {"model_type": mt, "epochs": ep, "config": str(mcfg_path)}
             took, out = run_step(f"train {name}", [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
@@ -310,9 +320,18 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
         cands = [(v["valid"]["average_precision"], -v["epochs"], k) for k, v in runs.items() if v["model_type"] == mt]
         chosen[mt] = max(cands)[2]
 
+    digest = data_digest(tx, feats)
     t0 = time.perf_counter()
-    pr = peers.run_peers(seed, n_customers, n_days, train_days, valid_days, test_days, None, 150,
-                         work / "peers_scores.parquet")
+    if peers_from is not None:  # an earlier output of this script on the same data (checked by digest)
+        prev = json.loads(peers_from.read_text())
+        if prev["data_check"]["data_digest"] != digest or prev["peers"]["config"]["seed"] != seed:
+            raise SystemExit(f"--peers-from {peers_from}: computed on other data (digest "
+                             f"{prev['data_check']['data_digest']} != {digest})")
+        pr = prev["peers"]
+        pr["reused_from"] = str(peers_from)
+    else:
+        pr = peers.run_peers(seed, n_customers, n_days, train_days, valid_days, test_days, None, 150,
+                             work / "peers_scores.parquet")
     timings["peers_s"] = time.perf_counter() - t0
     if pr["test_rows_fingerprint"] != peers._fingerprint(test_frame["order_id"].to_numpy()):
         raise AssertionError("peers' test rows differ from the frame the TSA was evaluated on")
@@ -322,9 +341,10 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
         "config": {"seed": seed, "n_customers": n_customers, "n_days": n_days, "train_days": train_days,
                    "valid_days": valid_days, "test_days": test_days, "epochs": list(epochs_list),
                    "model_types": list(model_types), "nproc": nproc, "work_dir": str(work),
+                   "drop_categorical": list(drop_categorical), "start_at": start_at,
                    "suite_config": yaml.safe_load(base.read_text())},
         "windows": dates,
-        "data_check": {**same, "data_digest": data_digest(tx, feats),
+        "data_check": {**same, "data_digest": digest,
                        "test_orders": int(len(test_frame)), "test_fraud": int(test_frame["is_fraud"].sum())},
         "test_rows_fingerprint": pr["test_rows_fingerprint"],
         "chosen_by_valid_ap": chosen,
@@ -365,8 +385,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes")
     p.add_argument("--nice", type=int, default=10, help="niceness of the jobs (0: none)")
     p.add_argument("--port", type=int, default=29531, help="torchrun master port")
-    p.add_argument("--skip-data", action="store_true",
-                   help="reuse the work folder's input, sequences, encoders and examples")
+    p.add_argument("--start-at", choices=["generate", "build_sequences", "fit_encoders", "build_examples", "train"],
+                   default="generate", help="skip the earlier steps, reusing the work folder's tables")
+    p.add_argument("--drop-categorical", default="",
+                   help="ablation: comma-separated columns left out of columns.categorical (needs fit_encoders)")
+    p.add_argument("--tag", default="", help="suffix of the model names (ablations)")
+    p.add_argument("--peers-from", type=Path, default=None,
+                   help="reuse the peers of an earlier output of this script (same data digest)")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality_tsa_vs_peers.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -379,8 +404,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise SystemExit(f"--models: {m!r} is not one of {MODEL_TYPES}")
     epochs = [int(e) for e in a.epochs.split(",") if e.strip()]
     t0 = time.perf_counter()
+    drop = [c.strip() for c in a.drop_categorical.split(",") if c.strip()]
+    if drop and a.start_at in ("build_examples", "train"):
+        raise SystemExit("--drop-categorical changes the encoders: use --start-at fit_encoders or earlier")
     res = run(work, a.seed, a.customers, a.days, a.train_days, a.valid_days, a.test_days, epochs, models, a.nproc,
-              a.nice, a.skip_data, a.port)
+              a.nice, a.start_at, a.port, drop, a.tag, a.peers_from)
     res["timings_s"]["total_s"] = round(time.perf_counter() - t0, 1)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, default=float) + "\n")

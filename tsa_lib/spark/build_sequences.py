@@ -106,7 +106,8 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
             path = cfg.storage.table_path(table, PROJECT_ROOT)
             ensure_table(spark, path, sequence_schema(cols), cfg.storage.qualified(table),
                          comment=f"TSA {entity} sequences: context + targets per ({entity}, ds)")
-            replace_partitions(res.rows, path, dates, ctx.metadata(cfg.hash, entity=entity))
+            rows = res.rows.repartition(DS) if len(dates) > 1 else res.rows  # backfills: one file per date
+            replace_partitions(rows, path, dates, ctx.metadata(cfg.hash, entity=entity))
             agg = (spark.read.format("delta").load(path).filter(F.col(DS).isin(dates))
                    .agg(F.count("*").alias("rows"), F.sum("n_targets").alias("targets")).collect()[0])
             s.entity_rows[entity] = int(agg["rows"])
