@@ -241,6 +241,7 @@ class TrainConfig:
     valid_end: Optional[str] = None
     examples_version: Optional[int] = None  # pin a Delta version of the examples table (default: latest)
     epochs: int = 5
+    max_steps_per_epoch: Optional[int] = None  # cap (smoke runs, benchmarks); default: the whole window
     batch_size: int = 256
     eval_batch_size: int = 2048
     lr: float = 1e-3
@@ -265,6 +266,8 @@ class TrainConfig:
                 _check_date(f"training.{key}", v)
         for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
             check_positive(f"training.{key}", getattr(self, key))
+        if self.max_steps_per_epoch is not None:
+            check_positive("training.max_steps_per_epoch", self.max_steps_per_epoch)
         check_positive("training.lr", self.lr)
         check_positive("training.weight_decay", self.weight_decay, allow_zero=True)
         check_positive("training.warmup_steps", self.warmup_steps, allow_zero=True)

@@ -247,6 +247,8 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
     valid_data = TensorData.from_batch(_labeled(va_batch), d.device)
     weight = _class_weight(train_data.labels(), tc, d)
     steps_per_epoch = _all_min(train_data.num_steps(tc.batch_size, drop_last=True), d)
+    if tc.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise DataError(f"training window has fewer rows per rank ({train_data.n}) than one batch ({tc.batch_size})")
     if d.main:
