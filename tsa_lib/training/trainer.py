@@ -320,10 +320,11 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
                          steps_per_epoch, loss_sum / n_loss, rate, left * tc.batch_size * d.world / max(rate, 1e-9))
             if st.global_step % tc.checkpoint_every_steps == 0 and st.step < steps_per_epoch and d.main:
                 _save_checkpoint(ckpt, model, opt, sched, scaler, st)
+        train_time = time.perf_counter() - tick
         train_loss = _all_sum(loss_sum, d) / max(1.0, _all_sum(float(n_loss), d))
         m = evaluate(run_model, valid_data, mcfg.model_type, tc, d, weight)
         m.update(epoch=float(st.epoch), train_loss=train_loss,
-                 train_samples_per_s=seen / max(time.perf_counter() - tick, 1e-9), lr=opt.param_groups[0]["lr"])
+                 train_samples_per_s=seen / max(train_time, 1e-9), lr=opt.param_groups[0]["lr"])
         st.history.append(m)
         metric = m[tc.early_stopping_metric]
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
