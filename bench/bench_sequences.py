@@ -123,6 +123,12 @@ def main() -> None:
             s = run_build_sequences(spark, cfg, ctx)
         res.update(job_full_peak_gb=mem.gb, job_full_targets=s.clean_targets,
                    job_full_rows=s.entity_rows)
+        # the nightly case: one run date, 365 days of lookback
+        night = RunContext(job="build_sequences", run_id="night", dates=(dates[-2],),
+                           started_at=dt.datetime.now(dt.timezone.utc))
+        with PeakMemory() as mem, timed(res, "job_nightly_s"):
+            s = run_build_sequences(spark, cfg, night)
+        res.update(job_nightly_targets=s.clean_targets, job_nightly_peak_gb=mem.gb)
 
     if "plain" not in args.skip:
         from pyspark.sql import Window
