@@ -77,7 +77,7 @@ def split_dates(start: str, n_days: int, train_days: int, valid_days: int, test_
 
 
 def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, dates: dict[str, str],
-                      drop_categorical: Sequence[str] = ()) -> Path:
+                      drop_categorical: Sequence[str] = (), tag: str = "") -> Path:
     """conf/local.yaml with everything that is written moved under ``work`` and the peers' windows
     (``drop_categorical``: an ablation, columns left out of ``columns.categorical``)."""
     data = yaml.safe_load((PROJECT_ROOT / "conf" / "local.yaml").read_text())
@@ -97,7 +97,7 @@ def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, date
         raise ValueError(f"generator.start_date {g['start_date']} != {dates['data_start']}")
     data["training"].update(train_start=dates["tsa_train_start"], train_end=dates["train_end"],
                             valid_start=dates["valid_start"], valid_end=dates["valid_end"])
-    path = work / "suite.yaml"
+    path = work / f"suite{tag}.yaml"
     path.write_text("# written by bench/quality/run_tsa.py\n" + yaml.safe_dump(data, sort_keys=False))
     load_config(path)  # validate now
     return path
@@ -108,7 +108,7 @@ def write_model_config(work: Path, base: Path, model_type: str, epochs: int, tag
     preset = yaml.safe_load((PROJECT_ROOT / "conf" / "models" / "small.yaml").read_text())
     preset["model_type"] = model_type
     preset["n_cat_features"] = len(yaml.safe_load(base.read_text())["columns"]["categorical"])
-    preset_path = work / f"model_small_{model_type}.yaml"
+    preset_path = work / f"model_small_{model_type}{tag}.yaml"
     preset_path.write_text(f"# conf/models/small.yaml with model_type {model_type}\n"
                            + yaml.safe_dump(preset, sort_keys=False))
     name = f"tsa_q_{model_type}_e{epochs}{tag}"
@@ -226,7 +226,7 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
     logs.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     dates = split_dates("2026-01-01", n_days, train_days, valid_days, test_days)
-    base = write_base_config(work, seed, n_customers, n_days, dates, drop_categorical)
+    base = write_base_config(work, seed, n_customers, n_days, dates, drop_categorical, tag)
     c = ["--config", str(base)]
     log.info("work folder %s, config %s, windows %s", work, base, dates)
 

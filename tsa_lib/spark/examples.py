@@ -108,7 +108,11 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
     card = encoded_sequences(spark, cfg, enc, dates, "card", with_history_ids).drop("event_time")
 
     eng_cols = list(enc.engineered)
-    eng_raw = read_engineered(spark, cfg, cust.select("order_id"))
+    # target order ids straight from the sequence rows (no second pass through the encoder)
+    seq_path = cfg.storage.table_path("sequences_customer", PROJECT_ROOT)
+    target_ids = (spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(list(dates)))
+                  .select(F.explode(F.slice("order_id", F.col("n_context") + 1, F.col("n_targets"))).alias("order_id")))
+    eng_raw = read_engineered(spark, cfg, target_ids)
     bad = F.lit(None).cast("string")
     for c in reversed(eng_cols):
         v = F.col(c)
