@@ -21,10 +21,18 @@ Runs, in a work folder (default /tmp/tsa-quality, never the project's warehouse/
 Nothing here tunes on the test window: the trainer early-stops on the validation window (the
 peers' validation days), and the test days are scored once per trained model.
 
-Run (about 20-25 minutes on the 2-core dev box with 4 and 8 epochs)::
+Run (17 minutes on the 2-core dev box with 4 and 8 epochs, both models, while tests ran)::
 
     PYTHONPATH=. nice -n 10 .venv/bin/python -m bench.quality.run_tsa --epochs 4,8 \\
         --out bench/results/quality_tsa_vs_peers.json
+
+Ablation (diagnosis only, not a tuned result): the same run without ``device_id`` in the
+model's categorical columns, reusing the work folder's input and sequences and the peers above::
+
+    PYTHONPATH=. nice -n 10 .venv/bin/python -m bench.quality.run_tsa --start-at fit_encoders \\
+        --drop-categorical device_id --tag _nodev --models two_seq --epochs 4,8 \\
+        --peers-from bench/results/quality_tsa_vs_peers.json \\
+        --out bench/results/quality_tsa_ablation_no_device_id.json
 """
 
 from __future__ import annotations
@@ -171,7 +179,8 @@ def check_same_data(work: Path, tx: pd.DataFrame, feats: pd.DataFrame) -> dict[s
             bad.append(f"{c} missing in Delta")
             continue
         if c == "order_ts":
-            same = np.array_equal(_utc_naive(a[c]).to_numpy("datetime64[us]"), _utc_naive(b[c]).to_numpy("datetime64[us]"))
+            same = np.array_equal(_utc_naive(a[c]).to_numpy("datetime64[us]"),
+                                  _utc_naive(b[c]).to_numpy("datetime64[us]"))
         elif a[c].dtype.kind == "f":
             same = np.allclose(a[c].to_numpy(float), b[c].to_numpy(float), equal_nan=True, rtol=0, atol=0)
         else:
@@ -254,7 +263,8 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
     txd = peers.add_day(tx)
     _, _, test = peers.time_split(txd, train_days, valid_days, test_days)
     test_frame = test[list(peers.TEST_FRAME_COLUMNS)].reset_index(drop=True)
-    if str(test_frame["day"].min().date()) != dates["test_start"] or str(test_frame["day"].max().date()) != dates["test_end"]:
+    first_test, last_test = str(test_frame["day"].min().date()), str(test_frame["day"].max().date())
+    if (first_test, last_test) != (dates["test_start"], dates["test_end"]):
         raise AssertionError(f"peers' test window {test_frame['day'].min()}..{test_frame['day'].max()} != "
                              f"{dates['test_start']}..{dates['test_end']}")
     timings["data_check_s"] = time.perf_counter() - t0
