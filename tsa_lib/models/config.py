@@ -3,7 +3,7 @@
 Presets live in ``conf/models/<name>.yaml`` at the repository root:
 
 - ``tiny``:  tests (4 categorical, 3 numerical, 5 engineered, dim 16, seq_len 8);
-- ``small``: the CPU demo (matches ``conf/local.yaml``: 5 categorical, 3 numerical,
+- ``small``: the CPU demo (matches ``conf/local.yaml``: 4 categorical, 3 numerical,
   6 engineered, 20 past orders + the order itself);
 - ``seed``:  the seed design's values (20/15/100 features, dim 128, 8 heads,
   2 + 2 layers, seq_len 51, MoE with 5 experts).
