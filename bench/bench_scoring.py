@@ -39,11 +39,12 @@ def main() -> None:
     p.add_argument("--start-date", default="2026-02-20")
     p.add_argument("--end-date", default="2026-03-01")
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--model", default=None, help="model artifact (default: the config's LATEST)")
     args = p.parse_args()
     cfg = load_config(args.config)
     a, b = dt.date.fromisoformat(args.start_date), dt.date.fromisoformat(args.end_date)
     dates = [a + dt.timedelta(days=i) for i in range((b - a).days + 1)]
-    loaded = load_artifact(resolve_model_path(cfg))
+    loaded = load_artifact(resolve_model_path(cfg, args.model))
     enc = loaded.encoders
     spark = get_spark(cfg.spark, cfg.storage)
     res: dict[str, object] = {"model": f"{loaded.name}/{loaded.version}", "dates": [args.start_date, args.end_date],
