@@ -6,7 +6,8 @@ arrays (struct of arrays, no per-element structs):
 
 - the last ``max_len`` orders of the entity strictly before ``ds`` (the
   *context*, ``n_context`` elements) within ``max_history_days``,
-- then every order of the entity on ``ds`` (the *targets*, ``n_targets``),
+- then the entity's orders on ``ds`` (the *targets*, ``n_targets``; at most
+  ``max_orders_per_entity_day``, the rest are quarantined but stay history),
 
 sorted by (event time, order id).  The model input of the target at array
 position ``p`` is cut later, vectorized, by ``tsa_lib.features.windows``: the
@@ -16,7 +17,10 @@ per order writes ``max_len + k`` elements for an entity with ``k`` orders that
 day instead of ``k * (max_len + 1)``, and a hot entity (a test card with
 thousands of orders) costs its own orders plus one context.
 
-Labels never enter this table.
+Spark does one hash shuffle by entity and a sort by (entity, time, order id);
+the rows are cut by numpy in ``mapInArrow`` (``tsa_lib.features.sequence_rows``).
+Spark higher-order functions over ``collect_list`` arrays did the same about 4x
+slower on 2M orders.  Labels never enter this table.
 """
 
 from __future__ import annotations
