@@ -26,6 +26,24 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def write_orders(spark):  # type: ignore[no-untyped-def]
+    """Write tiny order rows (oid, cust, card, ts, mcc, amount, y, age) as a Delta table; returns its path."""
+    from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, \
+        TimestampType
+
+    schema = StructType([StructField("oid", LongType()), StructField("cust", StringType()),
+                         StructField("card", StringType()), StructField("ts", TimestampType()),
+                         StructField("mcc", StringType()), StructField("amount", DoubleType()),
+                         StructField("y", IntegerType()), StructField("age", DoubleType())])
+
+    def write(rows: list, path: Path) -> str:
+        spark.createDataFrame(rows, schema).write.format("delta").mode("overwrite").save(str(path))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture(scope="session")
 def spark(warehouse: Path) -> Iterator["object"]:
     from tsa_lib.config import SparkConfig, StorageConfig
     from tsa_lib.spark.session import get_spark

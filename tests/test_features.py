@@ -146,16 +146,8 @@ def _rows() -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture(scope="module")
-def featcfg(spark, warehouse: Path) -> SuiteConfig:  # type: ignore[no-untyped-def]
-    from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, \
-        TimestampType
-
-    schema = StructType([StructField("oid", LongType()), StructField("cust", StringType()),
-                         StructField("card", StringType()), StructField("ts", TimestampType()),
-                         StructField("mcc", StringType()), StructField("amount", DoubleType()),
-                         StructField("y", IntegerType()), StructField("age", DoubleType())])
-    src = str(warehouse / "feat_input")
-    spark.createDataFrame(_rows(), schema).write.format("delta").mode("overwrite").save(src)
+def featcfg(write_orders, warehouse: Path) -> SuiteConfig:  # type: ignore[no-untyped-def]
+    src = write_orders(_rows(), warehouse / "feat_input")
     return SuiteConfig(input=InputConfig(transactions=TableSource(path=src)), columns=COLS,
                        storage=StorageConfig(warehouse=str(warehouse), database="feattest",
                                              artifacts=str(warehouse / "artifacts")),

@@ -38,22 +38,14 @@ def _ctx(*dates: dt.date, run_id: str = "s1") -> RunContext:
 
 
 @pytest.fixture(scope="module")
-def scored(spark, warehouse: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType, \
-        TimestampType
-
+def scored(spark, write_orders, warehouse: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     from tsa_lib.models.config import load_model_config
     from tsa_lib.models.factory import build_model
     from tsa_lib.spark.build_sequences import run_build_sequences
     from tsa_lib.spark.encoders import fit_encoders
     from tsa_lib.training.artifact import model_config_for, save_artifact
 
-    schema = StructType([StructField("oid", LongType()), StructField("cust", StringType()),
-                         StructField("card", StringType()), StructField("ts", TimestampType()),
-                         StructField("mcc", StringType()), StructField("amount", DoubleType()),
-                         StructField("y", IntegerType()), StructField("age", DoubleType())])
-    src = str(warehouse / "score_input")
-    spark.createDataFrame(_rows(), schema).write.format("delta").mode("overwrite").save(src)
+    src = write_orders(_rows(), warehouse / "score_input")
     cfg = SuiteConfig(input=InputConfig(transactions=TableSource(path=src)), columns=COLS,
                       storage=StorageConfig(warehouse=str(warehouse), database="scoretest",
                                             artifacts=str(warehouse / "score_artifacts")),
