@@ -174,3 +174,19 @@ def test_errors_before_training(setup: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model preset 'huge' not found"):
         plan_training(cfg.replace(training=cfg.training.__class__(**{**cfg.training.__dict__,
                                                                       "model_preset": "huge"})))
+
+
+def test_rank_shards_partition_the_window(setup: dict[str, Any]) -> None:
+    from tsa_lib.training.data import read_examples
+
+    path = str(setup["root"] / "wh" / "traintest" / "examples")
+    a, b = dt.date(2026, 1, 1), dt.date(2026, 1, 9)
+    full = read_examples(path, 0, a, b, _encoders())
+    shards = [read_examples(path, 0, a, b, _encoders(), rank=r, world_size=2) for r in (0, 1)]
+    ids = [set(s.order_id) for s in shards]
+    assert ids[0].isdisjoint(ids[1]) and ids[0] | ids[1] == set(full.order_id)
+    assert min(len(s) for s in shards) > 0.3 * len(full)       # whole files per rank, roughly balanced
+    few = read_examples(path, 0, dt.date(2026, 1, 10), dt.date(2026, 1, 10), _encoders(), rank=1, world_size=4)
+    assert len(few) > 0                                           # fewer files than ranks: rows are split
+    with pytest.raises(DataError, match="no rows for 2027-01-01"):
+        read_examples(path, 0, dt.date(2027, 1, 1), dt.date(2027, 1, 2), _encoders())

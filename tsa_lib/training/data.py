@@ -41,17 +41,28 @@ def table_version(path: str) -> int:
 
 def read_examples(path: str, version: int, start: dt.date, end: dt.date, enc: Encoders,
                   rank: int = 0, world_size: int = 1) -> ModelBatch:
-    """Rows of ``ds`` in [start, end] at ``version``, this rank's shard (every world_size-th row
-    in (ds, order_id) order), checked against the encoders' version."""
+    """Rows of ``ds`` in [start, end] at ``version``: this rank's shard, checked against the encoders.
+
+    Each rank reads only its own files (every world_size-th data file of the window, in path
+    order); with fewer files than ranks, each reads the window and keeps every world_size-th
+    row.  Rows are in (ds, order_id) order.
+    """
     import deltalake
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.dataset as pds
 
     try:
         table = deltalake.DeltaTable(path, version=version)
     except Exception as e:
         raise DataError(f"examples table {path!r} at version {version} cannot be opened: {e}") from e
-    tbl = table.to_pyarrow_table(filters=[("ds", ">=", start), ("ds", "<=", end)])
+    dataset = table.to_pyarrow_dataset()
+    flt = (pds.field("ds") >= start) & (pds.field("ds") <= end)
+    frags = sorted(dataset.get_fragments(filter=flt), key=lambda f: f.path)
+    by_file = world_size > 1 and len(frags) >= world_size
+    mine = frags[rank::world_size] if by_file else frags
+    parts = [f.to_table(schema=dataset.schema, filter=flt) for f in mine]
+    tbl = pa.concat_tables(parts) if parts else dataset.schema.empty_table()
     if tbl.num_rows == 0:
         raise DataError(f"examples table {path!r} (version {version}) has no rows for {start}..{end}: "
                         f"run jobs/build_examples.py for these dates")
@@ -60,7 +71,7 @@ def read_examples(path: str, version: int, start: dt.date, end: dt.date, enc: En
         raise DataError(f"examples for {start}..{end} were encoded with {sorted(versions)}, "
                         f"but the encoders are {enc.version}: re-run jobs/build_examples.py")
     tbl = tbl.sort_by([("ds", "ascending"), ("order_id", "ascending")])
-    if world_size > 1:
+    if world_size > 1 and not by_file:
         tbl = tbl.take(pa.array(np.arange(rank, tbl.num_rows, world_size)))
     return examples_to_batch(tbl, enc)
 
