@@ -127,8 +127,6 @@ def test_output_shapes(tiny: ModelConfig, model_type: str, use_moe: bool, use_ml
     b, d, L = 5, cfg.dim_embed, cfg.seq_len
     scores, ens, det = run(model, make_inputs(cfg, b))
     expected_dim = d + d * (2 if use_fm else 1) + (d if use_mlp else 0)
-    if model_type == "two_seq":
-        expected_dim += 2 * d  # the head also sees each sequence's own representation
     assert scores.shape == (b, 2) and scores.dtype == torch.float32
     assert ens.shape == (b, expected_dim) == (b, model.ensemble_dim)
     n_tok = cfg.n_cat_features + cfg.n_num_features + cfg.n_engineered

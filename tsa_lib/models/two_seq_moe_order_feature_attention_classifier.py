@@ -59,11 +59,6 @@ class TwoSeqMoEOrderFeatureAttentionClassifier(TSAClassifierBase):
         self.order_attention_cid = self._order_attention()
         self.order_attention_ccid = self._order_attention()
         self.gate_score = nn.Sequential(nn.Linear(2 * d, d), nn.ReLU(), nn.Linear(d, 2))
-        # The head sees the gated mix AND each sequence's own representation (zero when absent):
-        # with the mix alone the gate learned to ignore the card (quality bench: card gate ~0.002).
-        self.ensemble_dim += 2 * d
-        self.clf = nn.Sequential(nn.Linear(self.ensemble_dim, d), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                 nn.Linear(d, cfg.n_classes))
 
     def forward(
         self,
@@ -92,9 +87,7 @@ class TwoSeqMoEOrderFeatureAttentionClassifier(TSAClassifierBase):
 
         present = torch.stack([mask_cid.any(dim=-1), mask_ccid.any(dim=-1)], dim=-1)  # [B, 2]
         gate = masked_gate_softmax(self.gate_score(torch.cat([x_cid, x_ccid], dim=-1)), present)
-        pres = present.to(x_cid.dtype)
-        x_order = torch.cat([gate[:, :1] * x_cid + gate[:, 1:] * x_ccid,
-                             x_cid * pres[:, :1], x_ccid * pres[:, 1:]], dim=-1)
+        x_order = gate[:, :1] * x_cid + gate[:, 1:] * x_ccid
 
         cur_cid, cur_ccid = mask_cid[:, -1:], mask_ccid[:, -1:]
         cat_cur = torch.where(cur_cid, x_cat_cid[:, -1], x_cat_ccid[:, -1].masked_fill(~cur_ccid, 0))
