@@ -142,23 +142,14 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
     """Score ``ctx.dates`` into ``scores`` (replaceWhere per date) and reconcile with the targets."""
     from pyspark.sql import functions as F
 
-    from tsa_lib.spark.build_sequences import write_quarantine
+    from tsa_lib.spark.build_sequences import count_quarantined, sequence_targets, write_quarantine
 
     if not ctx.dates:
         raise ValueError("score needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     loaded = load_artifact(resolve_model_path(cfg, model_path))  # fails before anything is written
     s = ScoreSummary(dates=tuple(dates), model=f"{loaded.name}/{loaded.version}")
-    seq_path = cfg.storage.table_path("sequences_customer", PROJECT_ROOT)
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, seq_path):
-        raise ValueError(f"no sequences table at {seq_path!r}: run jobs/build_sequences.py first")
-    s.targets = int(spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(dates))
-                    .agg(F.sum("n_targets")).first()[0] or 0)
-    if s.targets == 0:
-        raise ValueError(f"no customer sequences for {fmt_dates(dates)}: run "
-                         f"jobs/build_sequences.py for these dates first")
+    s.targets = sequence_targets(spark, cfg, dates)
     scored, rejected = score_frame(spark, cfg, loaded, dates, ctx.run_id)
     out = scored.select(
         "*", F.lit(loaded.name).alias("model_name"), F.lit(loaded.version).alias("model_version"),
@@ -175,8 +166,7 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
                      .withColumn("job", F.lit(JOB)).withColumn("stage", F.lit("score"))
                      .withColumn("run_id", F.lit(ctx.run_id)), JOB)
     s.scored = spark.read.format("delta").load(path).filter(F.col("ds").isin(dates)).count()
-    s.quarantined = (spark.read.format("delta").load(cfg.storage.table_path("quarantine", PROJECT_ROOT))
-                     .filter(F.col("ds").isin(dates) & (F.col("job") == JOB)).count())
+    s.quarantined = count_quarantined(spark, cfg, dates, JOB)
     if s.scored + s.quarantined != s.targets:
         raise ScoringError(f"scored {s.scored} + quarantined {s.quarantined} != targets {s.targets}")
     log.info("scored %d orders of %s with %s (+%d quarantined)", s.scored, fmt_dates(dates),

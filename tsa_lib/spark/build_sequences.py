@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
@@ -68,6 +68,30 @@ def write_quarantine(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, r
     ensure_table(spark, path, schema, cfg.storage.qualified("quarantine"))
     replace_partitions(rejected.select(*[f.name for f in schema.fields]), path, ctx.dates,
                        ctx.metadata(cfg.hash), extra_condition=f"job = '{job}'")
+
+
+def count_quarantined(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date], job: str) -> int:
+    """This job's quarantine rows for ``dates`` (for the reconciliation of later stages)."""
+    from pyspark.sql import functions as F
+
+    path = cfg.storage.table_path("quarantine", PROJECT_ROOT)
+    return spark.read.format("delta").load(path).filter(F.col("ds").isin(list(dates)) & (F.col("job") == job)).count()
+
+
+def sequence_targets(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date]) -> int:
+    """Target orders in ``sequences_customer`` for ``dates``; an error naming the dates when there are none."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    path = cfg.storage.table_path("sequences_customer", PROJECT_ROOT)
+    n = 0
+    if DeltaTable.isDeltaTable(spark, path):
+        n = int(spark.read.format("delta").load(path).filter(F.col(DS).isin(list(dates)))
+                .agg(F.sum("n_targets")).first()[0] or 0)
+    if n == 0:
+        raise ValueError(f"no customer sequences for {fmt_dates(dates)} in {path!r}: "
+                         f"run jobs/build_sequences.py for these dates first")
+    return n
 
 
 def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext) -> BuildSummary:

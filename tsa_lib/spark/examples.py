@@ -174,18 +174,13 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
     """Write the ``examples`` partitions of ``ctx.dates`` and reconcile them with the sequence targets."""
     from pyspark.sql import functions as F
 
-    from tsa_lib.spark.build_sequences import write_quarantine
+    from tsa_lib.spark.build_sequences import count_quarantined, sequence_targets, write_quarantine
 
     if not ctx.dates:
         raise ValueError("build_examples needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     s = ExamplesSummary(dates=tuple(dates))
-    seq_path = cfg.storage.table_path("sequences_customer", PROJECT_ROOT)
-    s.targets = int(spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(dates))
-                    .agg(F.sum("n_targets")).first()[0] or 0)
-    if s.targets == 0:
-        raise ValueError(f"no customer sequences for {fmt_dates(dates)} in {seq_path!r}: "
-                         f"run jobs/build_sequences.py for these dates first")
+    s.targets = sequence_targets(spark, cfg, dates)
     frame = build_examples_frame(spark, cfg, enc, dates, ctx.run_id)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
     schema = examples_schema()
@@ -200,9 +195,7 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
            .agg(F.count(F.lit(1)).alias("n"), F.count("label").alias("labeled"), F.sum("label").alias("pos"))
            .first())
     s.examples, s.labeled, s.positives = int(agg["n"]), int(agg["labeled"]), int(agg["pos"] or 0)
-    qpath = cfg.storage.table_path("quarantine", PROJECT_ROOT)
-    s.quarantined = (spark.read.format("delta").load(qpath)
-                     .filter(F.col("ds").isin(dates) & (F.col("job") == JOB)).count())
+    s.quarantined = count_quarantined(spark, cfg, dates, JOB)
     if s.examples + s.quarantined != s.targets:
         raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
                             f"{s.targets} for {fmt_dates(dates)}")
