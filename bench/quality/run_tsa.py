@@ -49,7 +49,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,10 +85,35 @@ def split_dates(start: str, n_days: int, train_days: int, valid_days: int, test_
     }
 
 
+def parse_overrides(items: Sequence[str], what: str) -> dict[str, Any]:
+    """``["a.b=1", "c=[x, y]"]`` -> ``{"a.b": 1, "c": ["x", "y"]}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"{what}: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], what: str) -> None:
+    """Set dotted keys of a loaded YAML document; the key's parent must exist."""
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise SystemExit(f"{what}: {key!r}: {part!r} is not a section of the config")
+            node = node[part]
+        node[parts[-1]] = value
+
+
 def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, dates: dict[str, str],
-                      drop_categorical: Sequence[str] = (), tag: str = "") -> Path:
+                      drop_categorical: Sequence[str] = (), tag: str = "",
+                      overrides: Mapping[str, Any] = MappingProxyType({})) -> Path:
     """conf/local.yaml with everything that is written moved under ``work`` and the peers' windows
-    (``drop_categorical``: an ablation, columns left out of ``columns.categorical``)."""
+    (``drop_categorical``: an ablation, columns left out of ``columns.categorical``;
+    ``overrides``: dotted keys set last, e.g. ``sequences.time_unit_seconds``)."""
     data = yaml.safe_load((PROJECT_ROOT / "conf" / "local.yaml").read_text())
     for col in drop_categorical:
         if col not in data["columns"]["categorical"]:
@@ -105,17 +131,24 @@ def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, date
         raise ValueError(f"generator.start_date {g['start_date']} != {dates['data_start']}")
     data["training"].update(train_start=dates["tsa_train_start"], train_end=dates["train_end"],
                             valid_start=dates["valid_start"], valid_end=dates["valid_end"])
+    apply_overrides(data, overrides, "--set")
     path = work / f"suite{tag}.yaml"
     path.write_text("# written by bench/quality/run_tsa.py\n" + yaml.safe_dump(data, sort_keys=False))
     load_config(path)  # validate now
     return path
 
 
-def write_model_config(work: Path, base: Path, model_type: str, epochs: int, tag: str = "") -> tuple[Path, str]:
+def write_model_config(work: Path, base: Path, model_type: str, epochs: int, tag: str = "",
+                       model_overrides: Mapping[str, Any] = MappingProxyType({})) -> tuple[Path, str]:
     """Config of one (model type, epochs) run: its preset file, model name and scores table."""
     preset = yaml.safe_load((PROJECT_ROOT / "conf" / "models" / "small.yaml").read_text())
     preset["model_type"] = model_type
-    preset["n_cat_features"] = len(yaml.safe_load(base.read_text())["columns"]["categorical"])
+    base_cols = yaml.safe_load(base.read_text())["columns"]
+    preset["n_cat_features"] = len(base_cols["categorical"]) + len(base_cols.get("relative", []))
+    for key in model_overrides:
+        if key not in preset:
+            raise SystemExit(f"--model-set: {key!r} is not a key of conf/models/small.yaml ({sorted(preset)})")
+    preset.update(model_overrides)
     preset_path = work / f"model_small_{model_type}{tag}.yaml"
     preset_path.write_text(f"# conf/models/small.yaml with model_type {model_type}\n"
                            + yaml.safe_dump(preset, sort_keys=False))
@@ -229,13 +262,14 @@ def read_scores(warehouse: Path, database: str, table: str, first: str, last: st
 def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, valid_days: int, test_days: int,
         epochs_list: Sequence[int], model_types: Sequence[str], nproc: int, nice: int, start_at: str,
         port: int, drop_categorical: Sequence[str] = (), tag: str = "",
-        peers_from: Optional[Path] = None) -> dict[str, Any]:
+        peers_from: Optional[Path] = None, overrides: Mapping[str, Any] = MappingProxyType({}),
+        model_overrides: Mapping[str, Any] = MappingProxyType({})) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     dates = split_dates("2026-01-01", n_days, train_days, valid_days, test_days)
-    base = write_base_config(work, seed, n_customers, n_days, dates, drop_categorical, tag)
+    base = write_base_config(work, seed, n_customers, n_days, dates, drop_categorical, tag, overrides)
     c = ["--config", str(base)]
     log.info("work folder %s, config %s, windows %s", work, base, dates)
 
@@ -276,7 +310,7 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
     test_ids = np.sort(test_frame["order_id"].to_numpy(np.int64))
     for mt in model_types:
         for ep in epochs_list:
-            mcfg_path, name = write_model_config(work, base, mt, ep, tag)
+            mcfg_path, name = write_model_config(work, base, mt, ep, tag, model_overrides)
             mc = ["--config", str(mcfg_path)]
             r: dict[str, Any] = {"model_type": mt, "epochs": ep, "config": str(mcfg_path)}
             took, out = run_step(f"train {name}", [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
@@ -352,6 +386,7 @@ def run(work: Path, seed: int, n_customers: int, n_days: int, train_days: int, v
                    "valid_days": valid_days, "test_days": test_days, "epochs": list(epochs_list),
                    "model_types": list(model_types), "nproc": nproc, "work_dir": str(work),
                    "drop_categorical": list(drop_categorical), "start_at": start_at,
+                   "set": dict(overrides), "model_set": dict(model_overrides),
                    "suite_config": yaml.safe_load(base.read_text())},
         "windows": dates,
         "data_check": {**same, "data_digest": digest,
@@ -402,6 +437,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--tag", default="", help="suffix of the model names (ablations)")
     p.add_argument("--peers-from", type=Path, default=None,
                    help="reuse the peers of an earlier output of this script (same data digest)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the suite config (dotted, value as YAML), e.g.\n"
+                        "--set sequences.time_unit_seconds=60; repeatable")
+    p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the model preset, e.g. --model-set n_layers_order=2")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality_tsa_vs_peers.json"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -418,7 +458,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if drop and a.start_at in ("build_examples", "train"):
         raise SystemExit("--drop-categorical changes the encoders: use --start-at fit_encoders or earlier")
     res = run(work, a.seed, a.customers, a.days, a.train_days, a.valid_days, a.test_days, epochs, models, a.nproc,
-              a.nice, a.start_at, a.port, drop, a.tag, a.peers_from)
+              a.nice, a.start_at, a.port, drop, a.tag, a.peers_from,
+              parse_overrides(a.set, "--set"), parse_overrides(a.model_set, "--model-set"))
     res["timings_s"]["total_s"] = round(time.perf_counter() - t0, 1)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, default=float) + "\n")
