@@ -16,7 +16,7 @@ from tsa_lib.config import ColumnsConfig, EncoderConfig, InputConfig, QualityCon
     StorageConfig, SuiteConfig, TableSource
 from tsa_lib.features.encoders import EncoderError, Encoders, Scaler, encoders_from_json, load_encoders
 from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, examples_to_batch, \
-    seq_tensors_to_arrow
+    relative_codes, seq_tensors_to_arrow
 
 
 def _enc(**over: Any) -> Encoders:
@@ -65,6 +65,9 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
     (lambda d: d["vocab"].pop("channel"), "'channel' has no vocabulary"),
     (lambda d: d.update(vocab_size=7), "vocab_size 7"),
     (lambda d: d.update(max_len=0), "max_len must be >= 1"),
+    (lambda d: d.update(relative="dev"), "relative: expected a list"),
+    (lambda d: d.update(relative=["mcc"]), "relative column 'mcc' is also used"),
+    (lambda d: d.update(relative=["dev"]), "vocab_size 5"),   # 4 relative tokens make it 9
 ])
 def test_bad_artifacts_are_named(tmp_path: Path, mutate: Any, words: str) -> None:
     d = json.loads(json.dumps(_enc().to_json()))
@@ -113,6 +116,32 @@ def test_encode_sequence_batch_exact() -> None:
     rb = seq_tensors_to_arrow(t, "customer", with_history_ids=True)
     assert rb.column("c_cat").to_pylist()[1] == [0, 0, 3, 4, 1, 1]
     assert rb.column("c_len").to_pylist() == [1, 1]
+
+
+def test_relative_codes_exact() -> None:
+    # 2 * (same value as the target, the last slot) + (first time in the window); -1: padding / null
+    v = np.array([[-1, 5, 5, 7, 5],       # target seen before: 2
+                  [-1, -1, 3, -1, 4],     # a null never matches; target new: 3
+                  [1, 2, 3, 4, 5],        # all different
+                  [9, 9, 9, 9, 9]])
+    assert relative_codes(v).tolist() == [[-1, 3, 2, 1, 2], [-1, -1, 1, -1, 3], [1, 1, 1, 1, 3],
+                                          [3, 2, 2, 2, 2]]
+    assert relative_codes(np.zeros((0, 3), np.int64)).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"values: expected a \[T, L\] array, got shape \(3,\)"):
+        relative_codes(np.arange(3))
+
+
+def test_encode_sequence_batch_relative_column() -> None:
+    e = _enc(relative=("dev",))
+    assert e.relative_offsets == {"dev": 5} and e.vocab_size == 9 and e.cat_inputs == ("mcc", "channel", "dev")
+    b = _seq_batch().append_column("dev", pa.array([["d1", "d1", None]], pa.list_(pa.string())))
+    t = encode_sequence_batch(b, e)
+    assert t.cat.shape == (2, 3, 3)
+    # o2 on device d1 seen at o1: o1 = same/first (5+3), o2 = same/repeat (5+2); o3's device is null -> unknown
+    assert t.cat[:, :, 2].tolist() == [[0, 8, 7], [0, 6, 1]]
+    assert t.cat[:, :, :2].tolist() == encode_sequence_batch(_seq_batch(), _enc()).cat.tolist()
+    with pytest.raises(EncoderError, match=r"lacks column\(s\) \['dev'\]"):
+        encode_sequence_batch(_seq_batch(), e)
 
 
 def test_encode_engineered_and_bad_input() -> None:
@@ -214,3 +243,30 @@ def test_examples_job_matches_direct_call(spark, featcfg: SuiteConfig) -> None: 
     run_build_examples(spark, featcfg, RunContext(job="t", run_id="r2", dates=(D3,), started_at=ctx.started_at), enc)
     again = spark.read.format("delta").load(featcfg.storage.table_path("examples"))
     assert again.count() == 3 and {r.run_id for r in again.select("run_id").collect()} == {"r2"}
+
+
+def test_relative_column_through_the_jobs(spark, featcfg: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
+    """A relative column travels quality -> sequences -> encoders -> examples and is tokenized exactly."""
+    import dataclasses
+
+    from tsa_lib.spark.build_sequences import run_build_sequences
+    from tsa_lib.spark.encoders import fit_encoders
+    from tsa_lib.spark.examples import run_build_examples
+
+    cfg = dataclasses.replace(
+        featcfg, columns=dataclasses.replace(COLS, categorical=(), relative=("mcc",)),
+        storage=dataclasses.replace(featcfg.storage, database="feattest_rel",
+                                    warehouse=str(Path(featcfg.storage.warehouse) / "rel")))
+    ctx = RunContext(job="t", run_id="r1", dates=(D3,), started_at=dt.datetime(2026, 1, 4, tzinfo=dt.timezone.utc))
+    run_build_sequences(spark, cfg, ctx)
+    enc = fit_encoders(spark, cfg, D1, D2)
+    assert enc.relative == ("mcc",) and enc.vocab == {} and enc.relative_offsets == {"mcc": 2}
+    run_build_examples(spark, cfg, ctx, enc)
+    tbl = spark.read.format("delta").load(cfg.storage.table_path("examples")).orderBy("order_id").toArrow()
+    job = examples_to_batch(tbl, enc)
+    assert job.order_id.tolist() == ["5", "7", "8"] and job.c_cat.shape == (3, 4, 1)
+    # customer A: o1 grocery, o2 grocery | o5 jewelry (new: 2+3); o8 grocery (seen: 2+2)
+    assert job.c_cat[0, :, 0].tolist() == [0, 2 + 1, 2 + 0, 2 + 3]
+    assert job.c_cat[2, :, 0].tolist() == [2 + 3, 2 + 2, 2 + 1, 2 + 2]
+    # card K1 for o5: o1, o2 (A, grocery), o3 (B, fuel), then o5
+    assert job.k_cat[0, :, 0].tolist() == [2 + 1, 2 + 0, 2 + 1, 2 + 3]

@@ -115,13 +115,18 @@ class ColumnsConfig:
     categorical: tuple[str, ...] = ()
     numerical: tuple[str, ...] = ()
     engineered: tuple[str, ...] = ()
+    # High-cardinality identifiers (device, IP, e-mail hash) that the model sees only
+    # relative to the target order: "same value as the target?" and "first time in the
+    # window?" (tsa_lib.features.tensorize).  Never embedded by value, so a fraud
+    # episode's device id cannot be memorised.
+    relative: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("order_id", "customer_id", "card_id", "event_time"):
             check_identifier(f"columns.{key}", getattr(self, key))
         if self.label is not None:
             check_identifier("columns.label", self.label)
-        for group in ("categorical", "numerical", "engineered"):
+        for group in ("categorical", "numerical", "engineered", "relative"):
             for i, c in enumerate(getattr(self, group)):
                 check_identifier(f"columns.{group}[{i}]", c)
         if not self.categorical and not self.numerical:
@@ -130,7 +135,7 @@ class ColumnsConfig:
         roles = [("order_id", [self.order_id]), ("customer_id", [self.customer_id]), ("card_id", [self.card_id]),
                  ("event_time", [self.event_time]), ("label", [self.label] if self.label else []),
                  ("categorical", list(self.categorical)), ("numerical", list(self.numerical)),
-                 ("engineered", list(self.engineered))]
+                 ("engineered", list(self.engineered)), ("relative", list(self.relative))]
         for role, cols in roles:
             for c in cols:
                 if c in seen:
@@ -138,8 +143,13 @@ class ColumnsConfig:
                 seen[c] = role
 
     @property
+    def string_columns(self) -> tuple[str, ...]:
+        """Sequence columns carried as strings: categorical, then relative."""
+        return tuple(self.categorical) + tuple(self.relative)
+
+    @property
     def sequence_columns(self) -> tuple[str, ...]:
-        return tuple(self.categorical) + tuple(self.numerical)
+        return self.string_columns + tuple(self.numerical)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@
   model's embedding table: 0 = padding, 1 = unknown or null, column ``c``'s
   values at ``offsets[c] .. offsets[c] + len(vocab[c]) - 1``;
 - numerical (sequence) and engineered columns: robust min-max, i.e. optional
-  log1p, clip to the fitted [lo, hi] quantiles, scale to [0, 1].
+  log1p, clip to the fitted [lo, hi] quantiles, scale to [0, 1];
+- relative columns (high-cardinality ids such as a device): no vocabulary, four
+  tokens each after the categorical values (``RELATIVE_TOKENS``), chosen per
+  window element by ``tsa_lib.features.tensorize.relative_codes``.
 
 Fitting happens in Spark (``tsa_lib.spark.encoders``); this module only holds,
 validates, saves, loads and applies them, with numpy/pyarrow.
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 PAD, UNKNOWN, FIRST_INDEX = 0, 1, 2
+# token offset + 2 * (same value as the target order) + (first time the value appears in the window)
+RELATIVE_TOKENS = ("other_repeat", "other_first", "target_repeat", "target_first")
 
 
 class EncoderError(ValueError):
@@ -74,7 +79,9 @@ class Encoders:
     max_history_days: Optional[float]
     time_unit_seconds: float = 86400.0
     numerical_default: float = 0.0
+    relative: tuple[str, ...] = ()
     offsets: dict[str, int] = field(init=False)
+    relative_offsets: dict[str, int] = field(init=False)
     vocab_size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +102,14 @@ class Encoders:
                 raise EncoderError(f"encoders: vocabulary of {col!r} has repeated values")
             offsets[col] = nxt
             nxt += len(self.vocab[col])
+        rel_offsets = {}
+        for col in self.relative:
+            if col in self.vocab or col in self.numeric_scalers or col in self.engineered_scalers or col in rel_offsets:
+                raise EncoderError(f"encoders: relative column {col!r} is also used in another role or twice")
+            rel_offsets[col] = nxt
+            nxt += len(RELATIVE_TOKENS)
         object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "relative_offsets", rel_offsets)
         object.__setattr__(self, "vocab_size", nxt)
 
     # ---- shape ------------------------------------------------------------------------------------
@@ -103,6 +117,11 @@ class Encoders:
     def seq_len(self) -> int:
         """L: history slots plus the target order."""
         return self.max_len + 1
+
+    @property
+    def cat_inputs(self) -> tuple[str, ...]:
+        """The model's categorical inputs per order, in tensor order: categorical, then relative."""
+        return tuple(self.categorical) + tuple(self.relative)
 
     # ---- apply --------------------------------------------------------------------------------------
     def encode_categorical(self, col: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -142,6 +161,7 @@ class Encoders:
             "max_history_days": self.max_history_days,
             "time_unit_seconds": self.time_unit_seconds,
             "numerical_default": self.numerical_default,
+            "relative": list(self.relative),
             "vocab_size": self.vocab_size,
         }
 
@@ -182,6 +202,8 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
                 raise EncoderError(f"{where}.{key}.{col}: bad scaler {s!r}: {e}") from e
         return out
 
+    if not isinstance(data.get("relative", []), list):
+        raise EncoderError(f"{where}.relative: expected a list of column names, got {data['relative']!r}")
     try:
         enc = Encoders(
             version=str(data["version"]), config_hash=str(data["config_hash"]),
@@ -194,6 +216,7 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
             max_history_days=None if data["max_history_days"] is None else float(data["max_history_days"]),
             time_unit_seconds=float(data.get("time_unit_seconds", 86400.0)),
             numerical_default=float(data.get("numerical_default", 0.0)),
+            relative=tuple(data.get("relative", ())),
         )
     except (TypeError, AttributeError, KeyError) as e:
         raise EncoderError(f"{where}: malformed artifact: {e}") from e

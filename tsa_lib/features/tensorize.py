@@ -5,7 +5,8 @@ engineered features -> scaled vectors, and encoded examples -> model tensors.
 All numpy/pyarrow over whole batches: no Python work per row.
 
 Shapes (T targets, L = max_len + 1 slots, target last, left-padded):
-- ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown
+- ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown;
+                                  the categorical columns, then the relative ones
 - ``num``  float32 [T, L, n_num]  scaled to [0, 1], 0 at padding
 - ``dt``   float32 [T, L]         days between each element and the target (0 for it)
 - ``mask`` bool    [T, L]         True where an order is present
@@ -21,11 +22,39 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tsa_lib.features.encoders import PAD, Encoders, EncoderError
+from tsa_lib.features.encoders import PAD, UNKNOWN, Encoders, EncoderError
 from tsa_lib.features.windows import PAD as WPAD, flat_values, windows_of_batch
 
 US_PER_SECOND = 1_000_000
 SEQ_PREFIX = {"customer": "c", "card": "k"}
+
+
+RELATIVE_CHUNK = 4096
+
+
+def relative_codes(values: np.ndarray) -> np.ndarray:
+    """Per element of each window: ``2 * same + first`` where ``same`` = the value equals the
+    target's (the last slot) and ``first`` = no earlier slot of the window holds the value.
+
+    ``values``: int64 ``[T, L]`` value ids, negative for padding or null (a null equals
+    nothing, itself included).  Returns int8 ``[T, L]`` in 0..3, -1 where ``values`` < 0.
+    The target's own code is 3 when its value is new to the window and 2 when it was seen.
+    """
+    if values.ndim != 2:
+        raise ValueError(f"values: expected a [T, L] array, got shape {values.shape}")
+    t, length = values.shape
+    out = np.full((t, length), -1, dtype=np.int8)
+    if t == 0 or length == 0:
+        return out
+    earlier = np.tril(np.ones((length, length), dtype=bool), k=-1)  # [i, j]: slot j is before slot i
+    for lo in range(0, t, RELATIVE_CHUNK):
+        v = values[lo: lo + RELATIVE_CHUNK]
+        valid = v >= 0
+        eq = (v[:, :, None] == v[:, None, :]) & valid[:, :, None]
+        first = ~(eq & earlier).any(axis=2)
+        same = valid & (v == v[:, -1:])
+        out[lo: lo + RELATIVE_CHUNK] = np.where(valid, 2 * same + first, -1)
+    return out
 
 
 @dataclass(frozen=True)
@@ -45,7 +74,7 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
                           with_history_ids: bool = False) -> SeqTensors:
     """Cut every target's window out of sequence rows and encode it."""
     missing = [c for c in ("entity_id", "n_context", "n_targets", "order_id", "event_time",
-                           *enc.categorical, *enc.numerical) if c not in batch.schema.names]
+                           *enc.cat_inputs, *enc.numerical) if c not in batch.schema.names]
     if missing:
         raise EncoderError(f"sequence batch lacks column(s) {missing}; it has {batch.schema.names}")
     w = windows_of_batch(batch, enc.max_len, None if enc.max_history_days is None
@@ -54,11 +83,20 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
     mask = idx != WPAD
     safe = np.where(mask, idx, 0)
     t, length = idx.shape
-    cat = np.zeros((t, length, len(enc.categorical)), dtype=np.int32)
+    cat = np.zeros((t, length, len(enc.cat_inputs)), dtype=np.int32)
     for j, c in enumerate(enc.categorical):
         codes = enc.encode_categorical(c, flat_values(batch, c))
         if len(codes):
             cat[:, :, j] = np.where(mask, codes[safe], PAD)
+    for j, c in enumerate(enc.relative, start=len(enc.categorical)):
+        ids = pc.dictionary_encode(pc.cast(flat_values(batch, c), pa.string()))
+        if isinstance(ids, pa.ChunkedArray):
+            ids = ids.combine_chunks()
+        codes = pc.fill_null(ids.indices.cast(pa.int64()), -1).to_numpy(zero_copy_only=False) if len(ids) \
+            else np.zeros(0, np.int64)
+        if len(codes):
+            rel = relative_codes(np.where(mask, codes[safe], -1))
+            cat[:, :, j] = np.where(rel >= 0, enc.relative_offsets[c] + rel, np.where(mask, UNKNOWN, PAD))
     num = np.zeros((t, length, len(enc.numerical)), dtype=np.float32)
     for j, c in enumerate(enc.numerical):
         vals = flat_values(batch, c).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -173,7 +211,7 @@ def _reshape(col: pa.Array | pa.ChunkedArray, shape: tuple[int, ...], dtype: typ
 
 def examples_to_batch(tbl: pa.Table | pa.RecordBatch, enc: Encoders) -> ModelBatch:
     """Examples rows (see ``tsa_lib.spark.examples``) -> numpy model inputs, no per-row Python."""
-    length, nc, nn, ne = enc.seq_len, len(enc.categorical), len(enc.numerical), len(enc.engineered)
+    length, nc, nn, ne = enc.seq_len, len(enc.cat_inputs), len(enc.numerical), len(enc.engineered)
 
     def np1(name: str) -> np.ndarray:
         c = tbl.column(name)

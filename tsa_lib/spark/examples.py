@@ -77,7 +77,7 @@ def encoded_sequences(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, da
 
     path = cfg.storage.table_path(f"sequences_{entity}", PROJECT_ROOT)
     seq = spark.read.format("delta").load(path).filter(F.col("ds").isin(list(dates)))
-    need = ["entity_id", "n_context", "n_targets", "order_id", "event_time", *enc.categorical, *enc.numerical]
+    need = ["entity_id", "n_context", "n_targets", "order_id", "event_time", *enc.cat_inputs, *enc.numerical]
     missing = [c for c in need if c not in seq.columns]
     if missing:
         raise ValueError(f"sequences_{entity} at {path!r} lacks column(s) {missing} the encoders need")
@@ -103,7 +103,7 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
 
     if not dates:
         raise ValueError("dates: at least one date is required")
-    length, nc, nn = enc.seq_len, len(enc.categorical), len(enc.numerical)
+    length, nc, nn = enc.seq_len, len(enc.cat_inputs), len(enc.numerical)
     cust = encoded_sequences(spark, cfg, enc, dates, "customer", with_history_ids)
     card = encoded_sequences(spark, cfg, enc, dates, "card", with_history_ids).drop("event_time")
 

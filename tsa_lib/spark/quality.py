@@ -8,7 +8,8 @@ a detail naming the column and value) when:
 - a numerical value is outside ``quality.numeric_ranges``        -> ``out_of_range``
 - its order id was already seen (one copy is kept, chosen by
   event time then a hash of the whole row: deterministic)       -> ``duplicate_order_id``
-Nulls in feature columns are not errors: they get the configured default.
+Nulls in feature columns are not errors: they get the configured default
+(relative columns keep the null: it equals no other value, see tensorize).
 A null second-entity id (card) is allowed: that order has no card sequence.
 """
 
@@ -61,7 +62,7 @@ def event_time_column(df: "DataFrame", name: str) -> "Column":
 
 def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "input.transactions") -> None:
     """Fail with the missing column names when the input lacks a configured column."""
-    need = [cols.order_id, cols.customer_id, cols.card_id, cols.event_time, *cols.categorical, *cols.numerical]
+    need = [cols.order_id, cols.customer_id, cols.card_id, cols.event_time, *cols.sequence_columns]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{where}: configured column(s) {missing} not found; the table has {df.columns}")
@@ -116,6 +117,7 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) 
         F.col(TS),
         *[F.coalesce(F.col(c).cast("string"), F.lit(quality.categorical_default)).alias(c)
           for c in cols.categorical],
+        *[F.col(c).cast("string").alias(c) for c in cols.relative],  # null stays null: it matches nothing
         *[F.coalesce(num[c], F.lit(float(quality.numerical_default))).alias(c) for c in cols.numerical],
     ).withColumn(DS, F.to_date(F.col(TS)))
     return Checked(clean=clean,

@@ -64,7 +64,7 @@ def sequence_schema(cols: ColumnsConfig) -> "StructType":
         StructField("n_targets", IntegerType(), False),
         StructField("order_id", ArrayType(StringType(), True), False),
         StructField("event_time", ArrayType(TimestampType(), True), False),
-        *[StructField(c, ArrayType(StringType(), True), False) for c in cols.categorical],
+        *[StructField(c, ArrayType(StringType(), True), False) for c in cols.string_columns],
         *[StructField(c, ArrayType(DoubleType(), True), False) for c in cols.numerical],
         StructField("run_id", StringType(), False),
         StructField("ds", DateType(), False),
@@ -105,7 +105,7 @@ def build_sequences(
     key = ENTITY_KEY[entity]
     n = seq.max_len
     day_list = sorted(set(dates))
-    feats = list(cols.categorical) + list(cols.numerical)
+    feats = list(cols.sequence_columns)
     lo, hi = read_window(day_list, seq)
 
     orders = clean.filter(F.col(key).isNotNull() & (F.col(TS) < F.lit(hi)))
