@@ -97,7 +97,7 @@ def main() -> None:
 
     from tsa_lib.spark.build_sequences import run_build_sequences
     from tsa_lib.spark.quality import check_quality
-    from tsa_lib.spark.sequences import build_sequences, sequence_schema
+    from tsa_lib.spark.sequences import SEQUENCE_STATS_COLUMNS, build_sequences, sequence_schema
     from tsa_lib.spark.delta_io import ensure_table, replace_partitions
     from tsa_lib.spark.session import get_spark
 
@@ -112,7 +112,7 @@ def main() -> None:
             clean = check_quality(src, cols, cfg.quality).clean
             rows = build_sequences(clean, dates, "customer", cols, cfg.sequences, "bench").rows
             path = str(work / "job_customer")
-            ensure_table(spark, path, sequence_schema(cols))
+            ensure_table(spark, path, sequence_schema(cols), stats_columns=SEQUENCE_STATS_COLUMNS)
             replace_partitions(rows.repartition("ds"), path, dates)  # as the job does for backfills
         res["job_customer_peak_gb"] = mem.gb
 

@@ -47,7 +47,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.nproc))}
+        pypath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONPATH": pypath, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.nproc))}
         t = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
                             "--master-port", "29533", str(ROOT / "jobs" / "train.py"), "--config", str(path),

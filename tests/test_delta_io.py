@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from tsa_lib.config import TableSource
@@ -74,3 +75,19 @@ def test_existing_table_missing_columns_is_an_error(spark, warehouse: Path) -> N
 def test_read_source_errors(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_source(spark, TableSource(path=str(tmp_path / "nothing")))
+
+
+def test_stats_columns(spark, warehouse: Path) -> None:  # type: ignore[no-untyped-def]
+    """Per-file statistics only for the named columns; numRecords stays (training splits on it)."""
+    from deltalake import DeltaTable as RsTable
+
+    path = str(warehouse / "t_stats")
+    ensure_table(spark, path, _schema(), stats_columns=("id",))
+    replace_partitions(spark.createDataFrame([(1, 1.0, D1), (7, 2.0, D1)], _schema()), path, [D1])
+    props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    assert props["delta.dataSkippingStatsColumns"] == "id"
+    adds = pa.table(RsTable(path).get_add_actions(flatten=False)).to_pylist()
+    assert sum(a["num_records"] for a in adds) == 2
+    assert all(set(a["min"]) == {"id"} and set(a["null_count"]) == {"id"} for a in adds)
+    with pytest.raises(ValueError, match=r"stats_columns: \['nope'\] are not columns"):
+        ensure_table(spark, str(warehouse / "t_stats_bad"), _schema(), stats_columns=("nope",))

@@ -49,9 +49,13 @@ def ensure_table(
     qualified_name: Optional[str] = None,
     partition_cols: Sequence[str] = ("ds",),
     comment: Optional[str] = None,
+    stats_columns: Sequence[str] = (),
 ) -> None:
     """Create the Delta table at ``path`` with ``schema`` unless it exists; register ``qualified_name``.
 
+    ``stats_columns``: collect Delta's per-file statistics only for these (scalar)
+    columns (``delta.dataSkippingStatsColumns``), not for the first 32; tables of
+    long arrays pay for the others on every write and never skip files on them.
     An existing table whose schema lacks one of ``schema``'s columns is an error
     naming the table and the columns, never a silent schema change.
     """
@@ -66,7 +70,13 @@ def ensure_table(
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
         if partition_cols:
             builder = builder.partitionedBy(*partition_cols)
-        for k, v in TABLE_PROPERTIES.items():
+        unknown = [c for c in stats_columns if c not in schema.fieldNames()]
+        if unknown:
+            raise ValueError(f"stats_columns: {unknown} are not columns of the table at {path!r}")
+        props = dict(TABLE_PROPERTIES)
+        if stats_columns:
+            props["delta.dataSkippingStatsColumns"] = ",".join(stats_columns)
+        for k, v in props.items():
             builder = builder.property(k, v)
         if comment:
             builder = builder.comment(comment)

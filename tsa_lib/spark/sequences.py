@@ -53,6 +53,10 @@ class SequenceResult:
     capped: "DataFrame"     # target orders over the per-entity daily cap (for quarantine)
 
 
+# Delta file statistics only where a query can skip files (the arrays never can).
+SEQUENCE_STATS_COLUMNS = ("entity_id", "n_context", "n_targets", "run_id")
+
+
 def sequence_schema(cols: ColumnsConfig) -> "StructType":
     """Explicit schema of ``sequences_<entity>`` tables (partitioned by ds)."""
     from pyspark.sql.types import (ArrayType, DateType, DoubleType, IntegerType, StringType, StructField,
