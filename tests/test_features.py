@@ -16,7 +16,7 @@ from tsa_lib.config import ColumnsConfig, EncoderConfig, InputConfig, QualityCon
     StorageConfig, SuiteConfig, TableSource
 from tsa_lib.features.encoders import EncoderError, Encoders, Scaler, encoders_from_json, load_encoders
 from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, examples_to_batch, \
-    relative_codes, seq_tensors_to_arrow
+    gap_feature, relative_codes, seq_tensors_to_arrow
 
 
 def _enc(**over: Any) -> Encoders:
@@ -142,6 +142,32 @@ def test_encode_sequence_batch_relative_column() -> None:
     assert t.cat[:, :, :2].tolist() == encode_sequence_batch(_seq_batch(), _enc()).cat.tolist()
     with pytest.raises(EncoderError, match=r"lacks column\(s\) \['dev'\]"):
         encode_sequence_batch(_seq_batch(), e)
+
+
+def test_gap_feature_exact() -> None:
+    m = 60_000_000  # a minute in microseconds
+    times = np.array([[0, 0, 10 * m, 10 * m + 59 * m, 10 * m + 59 * m],   # pad, first, +10 min, +59 min, tie
+                      [0, 0, 0, 5 * m, 5 * m]], dtype=np.int64)
+    mask = np.array([[False, True, True, True, True], [False, False, False, True, True]])
+    g = gap_feature(times, mask, horizon_minutes=float(np.expm1(6.0)))    # log1p(horizon) = 6
+    np.testing.assert_allclose(g[0], [0.0, 1.0, np.log1p(10) / 6, np.log1p(59) / 6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(g[1], [0.0, 0.0, 0.0, 1.0, 0.0])
+    assert gap_feature(np.array([[0, 10**15]]), np.array([[True, True]]), 10.0).tolist() == [[1.0, 1.0]]  # clipped
+    with pytest.raises(ValueError, match="expected the same"):
+        gap_feature(times, mask[:, :3], 10.0)
+    with pytest.raises(ValueError, match="horizon_minutes: must be > 1, got 0.5"):
+        gap_feature(times, mask, 0.5)
+
+
+def test_encode_sequence_batch_gap_feature(tmp_path: Path) -> None:
+    e = _enc(gap_feature=True)
+    assert e.num_inputs == ("amount", "_gap_prev") and e.gap_horizon_minutes == 30 * 1440
+    t = encode_sequence_batch(_seq_batch(), e)
+    assert t.num.shape == (2, 3, 2)
+    np.testing.assert_array_equal(t.num[:, :, 0], encode_sequence_batch(_seq_batch(), _enc()).num[:, :, 0])
+    gap = np.log1p(2.5 * 1440) / np.log1p(30 * 1440)   # o1 -> target: 2.5 days
+    np.testing.assert_allclose(t.num[:, :, 1], [[0, 1, gap], [0, 1, gap]], rtol=1e-6)
+    assert load_encoders(e.save(tmp_path)) == e
 
 
 def test_encode_engineered_and_bad_input() -> None:

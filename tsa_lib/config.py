@@ -118,7 +118,8 @@ class ColumnsConfig:
     # High-cardinality identifiers (device, IP, e-mail hash) that the model sees only
     # relative to the target order: "same value as the target?" and "first time in the
     # window?" (tsa_lib.features.tensorize).  Never embedded by value, so a fraud
-    # episode's device id cannot be memorised.
+    # episode's device id cannot be memorised.  The entity keys may be listed too: a card's
+    # sequence then shows which orders came from the target order's customer, and vice versa.
     relative: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -135,7 +136,9 @@ class ColumnsConfig:
         roles = [("order_id", [self.order_id]), ("customer_id", [self.customer_id]), ("card_id", [self.card_id]),
                  ("event_time", [self.event_time]), ("label", [self.label] if self.label else []),
                  ("categorical", list(self.categorical)), ("numerical", list(self.numerical)),
-                 ("engineered", list(self.engineered)), ("relative", list(self.relative))]
+                 ("engineered", list(self.engineered)),
+                 # the entity keys may also be relative: "same customer as this order?" in a card's sequence
+                 ("relative", [c for c in self.relative if c not in (self.customer_id, self.card_id)])]
         for role, cols in roles:
             for c in cols:
                 if c in seen:
@@ -230,6 +233,11 @@ class EncoderConfig:
     quantile_low: float = 0.001
     quantile_high: float = 0.999
     log1p: tuple[str, ...] = ()
+    # One more numerical input per order: the time since the entity's previous order in the
+    # window (log1p of minutes over the history horizon, in [0, 1]; 1 for the window's oldest
+    # order).  Bursts and velocity ramps are gap patterns between past orders, which the time
+    # to the target order shows only as differences.
+    gap_feature: bool = False
 
     def __post_init__(self) -> None:
         check_positive("encoders.min_frequency", self.min_frequency)

@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 PAD, UNKNOWN, FIRST_INDEX = 0, 1, 2
 # token offset + 2 * (same value as the target order) + (first time the value appears in the window)
 RELATIVE_TOKENS = ("other_repeat", "other_first", "target_repeat", "target_first")
+GAP_FEATURE = "_gap_prev"  # name of the derived numerical input (see Encoders.gap_feature)
 
 
 class EncoderError(ValueError):
@@ -80,6 +81,7 @@ class Encoders:
     time_unit_seconds: float = 86400.0
     numerical_default: float = 0.0
     relative: tuple[str, ...] = ()
+    gap_feature: bool = False
     offsets: dict[str, int] = field(init=False)
     relative_offsets: dict[str, int] = field(init=False)
     vocab_size: int = field(init=False)
@@ -117,6 +119,16 @@ class Encoders:
     def seq_len(self) -> int:
         """L: history slots plus the target order."""
         return self.max_len + 1
+
+    @property
+    def num_inputs(self) -> tuple[str, ...]:
+        """The model's numerical inputs per order, in tensor order: numerical, then ``GAP_FEATURE``."""
+        return tuple(self.numerical) + ((GAP_FEATURE,) if self.gap_feature else ())
+
+    @property
+    def gap_horizon_minutes(self) -> float:
+        """The gap that scales to 1: the history age limit (a year when there is none)."""
+        return (self.max_history_days if self.max_history_days is not None else 365.0) * 1440.0
 
     @property
     def cat_inputs(self) -> tuple[str, ...]:
@@ -162,6 +174,7 @@ class Encoders:
             "time_unit_seconds": self.time_unit_seconds,
             "numerical_default": self.numerical_default,
             "relative": list(self.relative),
+            "gap_feature": self.gap_feature,
             "vocab_size": self.vocab_size,
         }
 
@@ -217,6 +230,7 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
             time_unit_seconds=float(data.get("time_unit_seconds", 86400.0)),
             numerical_default=float(data.get("numerical_default", 0.0)),
             relative=tuple(data.get("relative", ())),
+            gap_feature=bool(data.get("gap_feature", False)),
         )
     except (TypeError, AttributeError, KeyError) as e:
         raise EncoderError(f"{where}: malformed artifact: {e}") from e

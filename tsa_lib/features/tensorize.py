@@ -7,7 +7,8 @@ All numpy/pyarrow over whole batches: no Python work per row.
 Shapes (T targets, L = max_len + 1 slots, target last, left-padded):
 - ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown;
                                   the categorical columns, then the relative ones
-- ``num``  float32 [T, L, n_num]  scaled to [0, 1], 0 at padding
+- ``num``  float32 [T, L, n_num]  scaled to [0, 1], 0 at padding; the numerical columns,
+                                  then the gap to the previous order when ``gap_feature``
 - ``dt``   float32 [T, L]         days between each element and the target (0 for it)
 - ``mask`` bool    [T, L]         True where an order is present
 - ``hist_len`` int32 [T]          real history elements (-1 when the entity is missing)
@@ -57,6 +58,25 @@ def relative_codes(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def gap_feature(times_us: np.ndarray, mask: np.ndarray, horizon_minutes: float) -> np.ndarray:
+    """Per slot: minutes since the previous order of the window as ``log1p(m) / log1p(horizon)``
+    clipped to [0, 1]; 1 for the window's oldest order (its predecessor is not known), 0 at padding.
+
+    ``times_us`` int64 ``[T, L]`` (any value at padding), ``mask`` bool ``[T, L]`` left-padded.
+    """
+    if times_us.shape != mask.shape or times_us.ndim != 2:
+        raise ValueError(f"times_us {times_us.shape} and mask {mask.shape}: expected the same [T, L] shape")
+    if not horizon_minutes > 1.0:
+        raise ValueError(f"horizon_minutes: must be > 1, got {horizon_minutes!r}")
+    out = np.where(mask, 1.0, 0.0).astype(np.float32)
+    if times_us.shape[1] > 1:
+        both = mask[:, 1:] & mask[:, :-1]
+        minutes = np.clip((times_us[:, 1:] - times_us[:, :-1]) / 60e6, 0.0, None)
+        g = np.clip(np.log1p(minutes) / np.log1p(horizon_minutes), 0.0, 1.0)
+        out[:, 1:] = np.where(both, g, out[:, 1:])
+    return out
+
+
 @dataclass(frozen=True)
 class SeqTensors:
     order_id: np.ndarray        # [T] str (object)
@@ -97,13 +117,15 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
         if len(codes):
             rel = relative_codes(np.where(mask, codes[safe], -1))
             cat[:, :, j] = np.where(rel >= 0, enc.relative_offsets[c] + rel, np.where(mask, UNKNOWN, PAD))
-    num = np.zeros((t, length, len(enc.numerical)), dtype=np.float32)
+    num = np.zeros((t, length, len(enc.num_inputs)), dtype=np.float32)
     for j, c in enumerate(enc.numerical):
         vals = flat_values(batch, c).to_numpy(zero_copy_only=False).astype(np.float64)
         if len(vals):
             num[:, :, j] = np.where(mask, enc.encode_numeric(c, vals)[safe], 0.0)
     ts = pc.cast(flat_values(batch, "event_time"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
         zero_copy_only=False)
+    if enc.gap_feature and len(ts):
+        num[:, :, len(enc.numerical)] = gap_feature(np.where(mask, ts[safe], 0), mask, enc.gap_horizon_minutes)
     t_ts = ts[w.target] if len(ts) else np.zeros(0, np.int64)
     dt = np.where(mask, (t_ts[:, None] - ts[safe]) / (US_PER_SECOND * enc.time_unit_seconds), 0.0) \
         .astype(np.float32) if len(ts) else np.zeros((t, length), np.float32)
@@ -211,7 +233,7 @@ def _reshape(col: pa.Array | pa.ChunkedArray, shape: tuple[int, ...], dtype: typ
 
 def examples_to_batch(tbl: pa.Table | pa.RecordBatch, enc: Encoders) -> ModelBatch:
     """Examples rows (see ``tsa_lib.spark.examples``) -> numpy model inputs, no per-row Python."""
-    length, nc, nn, ne = enc.seq_len, len(enc.cat_inputs), len(enc.numerical), len(enc.engineered)
+    length, nc, nn, ne = enc.seq_len, len(enc.cat_inputs), len(enc.num_inputs), len(enc.engineered)
 
     def np1(name: str) -> np.ndarray:
         c = tbl.column(name)

@@ -103,7 +103,7 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
 
     if not dates:
         raise ValueError("dates: at least one date is required")
-    length, nc, nn = enc.seq_len, len(enc.cat_inputs), len(enc.numerical)
+    length, nc, nn = enc.seq_len, len(enc.cat_inputs), len(enc.num_inputs)
     cust = encoded_sequences(spark, cfg, enc, dates, "customer", with_history_ids)
     card = encoded_sequences(spark, cfg, enc, dates, "card", with_history_ids).drop("event_time")
 

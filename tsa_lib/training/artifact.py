@@ -135,7 +135,7 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Loade
 
 def check_compatible(cfg: ModelConfig, enc: Encoders, where: str) -> None:
     """The model's input sizes must be what the encoders produce."""
-    want = {"n_cat_features": len(enc.cat_inputs), "n_num_features": len(enc.numerical),
+    want = {"n_cat_features": len(enc.cat_inputs), "n_num_features": len(enc.num_inputs),
             "n_engineered": len(enc.engineered), "vocab_size": enc.vocab_size, "seq_len": enc.seq_len}
     bad = {k: (getattr(cfg, k), v) for k, v in want.items() if getattr(cfg, k) != v}
     if bad:
@@ -145,5 +145,5 @@ def check_compatible(cfg: ModelConfig, enc: Encoders, where: str) -> None:
 
 def model_config_for(preset: ModelConfig, enc: Encoders) -> ModelConfig:
     """The preset with its data-dependent sizes taken from the encoders."""
-    return preset.replace(n_cat_features=len(enc.cat_inputs), n_num_features=len(enc.numerical),
+    return preset.replace(n_cat_features=len(enc.cat_inputs), n_num_features=len(enc.num_inputs),
                           n_engineered=len(enc.engineered), vocab_size=enc.vocab_size, seq_len=enc.seq_len)
