@@ -36,6 +36,9 @@ def test_local_config_values() -> None:
     assert cfg.spark.master == "local[2]"
     assert cfg.input.transactions == TableSource(path="warehouse/raw/transactions", format="delta")
     assert cfg.columns.numerical == ("amount", "hour_of_day", "items")
+    assert cfg.columns.relative == ("device_id",) and "device_id" not in cfg.columns.categorical
+    assert cfg.columns.sequence_columns == ("merchant_category", "channel", "country", "entry_mode", "device_id",
+                                            "amount", "hour_of_day", "items")
     assert cfg.quality.numeric_ranges["amount"] == (0.0, 1_000_000.0)
     assert cfg.storage.table_path("scores", Path("/x")) == "/x/warehouse/tsa/scores"
     assert cfg.storage.qualified("scores") == "tsa.scores"

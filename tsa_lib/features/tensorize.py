@@ -109,9 +109,7 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
         if len(codes):
             cat[:, :, j] = np.where(mask, codes[safe], PAD)
     for j, c in enumerate(enc.relative, start=len(enc.categorical)):
-        ids = pc.dictionary_encode(pc.cast(flat_values(batch, c), pa.string()))
-        if isinstance(ids, pa.ChunkedArray):
-            ids = ids.combine_chunks()
+        ids = pc.dictionary_encode(pc.cast(flat_values(batch, c), pa.string()))  # one array: one dictionary
         codes = pc.fill_null(ids.indices.cast(pa.int64()), -1).to_numpy(zero_copy_only=False) if len(ids) \
             else np.zeros(0, np.int64)
         if len(codes):
