@@ -9,6 +9,8 @@ session pays for JIT warm-up, so start with ``warm``):
   delta        ... -> Delta by ds, one file per date (repartition by ds: what the job does)
   delta_nosort ... -> Delta by ds straight from the entity partitions (no second shuffle)
   delta_stats_all  as ``delta`` on a table collecting Delta statistics for the first 32 columns
+  delta_nodict as ``delta`` with Parquet dictionary encoding off
+  delta_lz4 / delta_zstd / delta_uncompressed   as ``delta`` with that Parquet codec (default snappy)
 Run:  PYTHONPATH=. .venv/bin/python bench/profile_sequences.py --customers 100000 \
           --variants warm,delta_nosort,delta,delta_nosort,delta
 Results are appended to bench/results/sequences_profile.jsonl.
@@ -33,7 +35,9 @@ from tsa_lib.config import GeneratorConfig, InputConfig, SequenceConfig, SparkCo
     SuiteConfig, TableSource  # noqa: E402
 from tsa_lib.data.synthetic import TRANSACTION_COLUMNS, generate  # noqa: E402
 
-VARIANTS = ("warm", "dq_only", "noop", "parquet", "delta", "delta_nosort", "delta_stats_all")
+VARIANTS = ("warm", "dq_only", "noop", "parquet", "delta", "delta_nosort", "delta_stats_all", "delta_nodict",
+            "delta_lz4", "delta_zstd", "delta_uncompressed")
+CODECS = {"delta_lz4": "lz4_raw", "delta_zstd": "zstd", "delta_uncompressed": "uncompressed"}
 
 
 def main() -> None:
@@ -93,18 +97,34 @@ def main() -> None:
             return delta(name, lambda r: r.repartition("ds"))
         if name == "delta_nosort":
             return delta(name, lambda r: r)
-        return delta(name, lambda r: r.repartition("ds"), stats=())
+        if name == "delta_stats_all":
+            return delta(name, lambda r: r.repartition("ds"), stats=())
+        write = delta(name, lambda r: r.repartition("ds"))
+        key, value = (("parquet.enable.dictionary", "false") if name == "delta_nodict"
+                      else ("spark.sql.parquet.compression.codec", CODECS[name]))
 
-    timings: list[tuple[str, float]] = []
+        def with_conf() -> None:
+            before = spark.conf.get(key, None)
+            spark.conf.set(key, value)
+            try:
+                write()
+            finally:
+                spark.conf.unset(key) if before is None else spark.conf.set(key, before)
+        return with_conf
+
+    timings: list[tuple[str, float, float]] = []   # (variant, seconds, MB written)
     for name in names:
         fn = plan(name)
         t0 = time.perf_counter()
         fn()
-        timings.append((name, round(time.perf_counter() - t0, 2)))
-        print(name, timings[-1][1], flush=True)
+        took = round(time.perf_counter() - t0, 2)
+        out = work / f"out_{name}"
+        mb = sum(f.stat().st_size for f in out.rglob("*.parquet")) / 1e6 if out.exists() else 0.0
+        timings.append((name, took, round(mb, 1)))
+        print(name, took, "s", round(mb, 1), "MB", flush=True)
     spark.stop()
     res = {"customers": a.customers, "days": a.days, "max_len": a.max_len, "orders": n_orders,
-           "timings_s": timings, "note": "one Spark session, variants in this order"}
+           "timings_s_mb": timings, "note": "one Spark session, variants in this order"}
     print(res)
     print(f"appended to {write_result('sequences_profile', res)}")
 
