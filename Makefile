@@ -64,7 +64,7 @@ test-airflow: airflow-venv
 	AIRFLOW_HOME=$$(mktemp -d) "$(AF_VENV)/bin/python" -m pytest tests/test_orchestration.py -q -p no:cacheprovider -k with_airflow
 
 demo: setup
-	$(PY) -m tsa_lib.demo --config conf/local.yaml
+	$(PY) -m tsa_lib.demo --config conf/local.yaml --fresh
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,25 @@ def test_spark_submit_cluster_dry_runs() -> None:
 def test_spark_submit_bad_arguments(args: list[str], words: str) -> None:
     r = subprocess.run([SUBMIT, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and words in r.stderr
+
+
+def test_demo_fresh_removes_only_project_tables(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tsa_lib.config import StorageConfig, load_config
+    from tsa_lib.demo import clear_suite_tables
+
+    base = load_config(PROJECT_ROOT / "conf" / "local.yaml")
+    outside = dataclasses.replace(base, storage=StorageConfig(warehouse=str(tmp_path / "wh"), database="tsa"))
+    assert clear_suite_tables(outside) == []                      # nothing there yet
+    (tmp_path / "wh" / "tsa" / "sequences_customer").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="is outside the project"):
+        clear_suite_tables(outside)
+    assert (tmp_path / "wh" / "tsa" / "sequences_customer").is_dir()   # left alone
+    inside = dataclasses.replace(base, storage=StorageConfig(warehouse="warehouse-test-fresh", database="tsa"))
+    folder = Path(inside.storage.warehouse_path()) / "tsa" / "scores"
+    folder.mkdir(parents=True)
+    try:
+        assert clear_suite_tables(inside) == ["scores"] and not folder.parent.exists()
+    finally:
+        shutil.rmtree(Path(inside.storage.warehouse_path()), ignore_errors=True)

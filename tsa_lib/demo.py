@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig, load_config
@@ -49,17 +51,36 @@ def _dates(cfg: SuiteConfig) -> dict[str, str]:
             "fit_start": g.start_date}
 
 
+def clear_suite_tables(cfg: SuiteConfig) -> list[str]:
+    """Remove the suite's own tables (``<warehouse>/<database>``), only when they live inside the
+    project: the demo regenerates its data, and tables from an older schema would fail the run."""
+    folder = os.path.join(cfg.storage.warehouse_path(), cfg.storage.database)
+    if "://" in folder or not os.path.isdir(folder):
+        return []
+    if PROJECT_ROOT.resolve() not in Path(folder).resolve().parents:
+        raise SystemExit(f"--fresh: {folder!r} is outside the project {str(PROJECT_ROOT)!r}; not removing it")
+    removed = sorted(os.listdir(folder))
+    shutil.rmtree(folder)
+    return removed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default=str(PROJECT_ROOT / "conf" / "local.yaml"))
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes for training")
     p.add_argument("--show-only", action="store_true", help="only print the SQL views of the last run")
+    p.add_argument("--fresh", action="store_true",
+                   help="start from empty suite tables (only when they live inside the project)")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
     d = _dates(cfg)
     if args.show_only:
         show(cfg, d["last"], d["score_start"])
         return 0
+    if args.fresh:
+        removed = clear_suite_tables(cfg)
+        if removed:
+            print(f"--fresh: removed the previous run's tables {removed}")
     c = ["--config", args.config]
     py = sys.executable
     t0 = time.perf_counter()
