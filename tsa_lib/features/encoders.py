@@ -135,6 +135,12 @@ class Encoders:
         """The model's categorical inputs per order, in tensor order: categorical, then relative."""
         return tuple(self.categorical) + tuple(self.relative)
 
+    @property
+    def sequence_row_columns(self) -> tuple[str, ...]:
+        """The columns of a ``sequences_<entity>`` row that encoding reads."""
+        return ("entity_id", "n_context", "n_targets", "order_id", "event_time", *self.cat_inputs,
+                *self.numerical)
+
     # ---- apply --------------------------------------------------------------------------------------
     def encode_categorical(self, col: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Global indices (int32) of ``values`` of column ``col``; unknown or null -> 1."""

@@ -93,8 +93,7 @@ class SeqTensors:
 def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
                           with_history_ids: bool = False) -> SeqTensors:
     """Cut every target's window out of sequence rows and encode it."""
-    missing = [c for c in ("entity_id", "n_context", "n_targets", "order_id", "event_time",
-                           *enc.cat_inputs, *enc.numerical) if c not in batch.schema.names]
+    missing = [c for c in enc.sequence_row_columns if c not in batch.schema.names]
     if missing:
         raise EncoderError(f"sequence batch lacks column(s) {missing}; it has {batch.schema.names}")
     w = windows_of_batch(batch, enc.max_len, None if enc.max_history_days is None

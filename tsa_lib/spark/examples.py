@@ -77,7 +77,7 @@ def encoded_sequences(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, da
 
     path = cfg.storage.table_path(f"sequences_{entity}", PROJECT_ROOT)
     seq = spark.read.format("delta").load(path).filter(F.col("ds").isin(list(dates)))
-    need = ["entity_id", "n_context", "n_targets", "order_id", "event_time", *enc.cat_inputs, *enc.numerical]
+    need = list(enc.sequence_row_columns)
     missing = [c for c in need if c not in seq.columns]
     if missing:
         raise ValueError(f"sequences_{entity} at {path!r} lacks column(s) {missing} the encoders need")
