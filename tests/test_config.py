@@ -74,6 +74,7 @@ def test_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
     (lambda d: d["columns"].update(label="order_id"), "'order_id'"),
     (lambda d: d["columns"].update(relative=["country"]), "columns.relative: column 'country' is already used"),
     (lambda d: d["columns"].update(relative=["dev ice"]), "columns.relative[0]"),
+    (lambda d: d["columns"].update(relative=["customer_id"]), "columns.relative: column 'customer_id' is already"),
     (lambda d: d["columns"].update(relative=["order_id"]), "columns.relative: column 'order_id' is already used"),
     (lambda d: d["storage"].update(database="tsa-prod"), "storage.database"),
     (lambda d: d["input"].update(transactions={"path": "a", "table": "b.c"}), "exactly one of path/table"),

@@ -118,8 +118,7 @@ class ColumnsConfig:
     # High-cardinality identifiers (device, IP, e-mail hash) that the model sees only
     # relative to the target order: "same value as the target?" and "first time in the
     # window?" (tsa_lib.features.tensorize).  Never embedded by value, so a fraud
-    # episode's device id cannot be memorised.  The entity keys may be listed too: a card's
-    # sequence then shows which orders came from the target order's customer, and vice versa.
+    # episode's device id cannot be memorised.
     relative: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -136,9 +135,7 @@ class ColumnsConfig:
         roles = [("order_id", [self.order_id]), ("customer_id", [self.customer_id]), ("card_id", [self.card_id]),
                  ("event_time", [self.event_time]), ("label", [self.label] if self.label else []),
                  ("categorical", list(self.categorical)), ("numerical", list(self.numerical)),
-                 ("engineered", list(self.engineered)),
-                 # the entity keys may also be relative: "same customer as this order?" in a card's sequence
-                 ("relative", [c for c in self.relative if c not in (self.customer_id, self.card_id)])]
+                 ("engineered", list(self.engineered)), ("relative", list(self.relative))]
         for role, cols in roles:
             for c in cols:
                 if c in seen:
