@@ -60,6 +60,13 @@ def test_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
     assert config_hash(to_dict(a)) == a.hash
 
 
+def test_categorical_column_may_also_be_relative(tmp_path: Path) -> None:
+    d = _local()
+    d["columns"]["relative"] = ["device_id", "country"]
+    cols = load_config(_write(tmp_path, d)).columns
+    assert cols.string_columns == ("merchant_category", "channel", "country", "entry_mode", "device_id")
+
+
 # ---- bad input: each error names the key and the value --------------------------------------------
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -72,7 +79,11 @@ def test_hash_is_stable_and_sensitive(tmp_path: Path) -> None:
     (lambda d: d["columns"].update(categorical="merchant_category"), "columns.categorical"),
     (lambda d: d["columns"].update(numerical=["amount", "amount"]), "'amount'"),
     (lambda d: d["columns"].update(label="order_id"), "'order_id'"),
-    (lambda d: d["columns"].update(relative=["country"]), "columns.relative: column 'country' is already used"),
+    (lambda d: d["columns"].update(relative=["amount"]), "columns.relative: column 'amount' is already used"),
+    (lambda d: d["columns"].update(relative=["device_id", "device_id"]), "column 'device_id' is already used"),
+    (lambda d: d["encoders"].update(relative_numerical=["items", "items"]), "encoders.relative_numerical: repeated"),
+    (lambda d: d["encoders"].update(relative_numerical=["email_risk"]),
+     "encoders.relative_numerical[0]: 'email_risk' is not a numerical sequence column"),
     (lambda d: d["columns"].update(relative=["dev ice"]), "columns.relative[0]"),
     (lambda d: d["columns"].update(relative=["customer_id"]), "columns.relative: column 'customer_id' is already"),
     (lambda d: d["columns"].update(relative=["order_id"]), "columns.relative: column 'order_id' is already used"),

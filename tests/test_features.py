@@ -66,7 +66,10 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
     (lambda d: d.update(vocab_size=7), "vocab_size 7"),
     (lambda d: d.update(max_len=0), "max_len must be >= 1"),
     (lambda d: d.update(relative="dev"), "relative: expected a list"),
-    (lambda d: d.update(relative=["mcc"]), "relative column 'mcc' is also used"),
+    (lambda d: d.update(relative=["amount"]), "relative column 'amount' is also used"),
+    (lambda d: d.update(relative=["dev", "dev"]), "relative column 'dev' is also used"),
+    (lambda d: d.update(relative_numerical="amount"), "relative_numerical: expected a list"),
+    (lambda d: d.update(relative_numerical=["age"]), "relative_numerical column 'age' is not a numerical"),
     (lambda d: d.update(relative=["dev"]), "vocab_size 5"),   # 4 relative tokens make it 9
 ])
 def test_bad_artifacts_are_named(tmp_path: Path, mutate: Any, words: str) -> None:
@@ -142,6 +145,29 @@ def test_encode_sequence_batch_relative_column() -> None:
     assert t.cat[:, :, :2].tolist() == encode_sequence_batch(_seq_batch(), _enc()).cat.tolist()
     with pytest.raises(EncoderError, match=r"lacks column\(s\) \['dev'\]"):
         encode_sequence_batch(_seq_batch(), e)
+
+
+def test_categorical_column_also_relative() -> None:
+    # mcc embedded (inputs 0) AND relative to the target (input 2, tokens from offset 5)
+    e = _enc(relative=("mcc",))
+    assert e.cat_inputs == ("mcc", "channel", "mcc~relative") and e.relative_offsets == {"mcc": 5}
+    assert e.sequence_row_columns.count("mcc") == 1
+    t = encode_sequence_batch(_seq_batch(), e)
+    assert t.cat[:, :, :2].tolist() == encode_sequence_batch(_seq_batch(), _enc()).cat.tolist()
+    # target o2 (grocery): o1 fuel is other/first (5+1), o2 new to the window (5+3); o3 (jewelry) likewise
+    assert t.cat[:, :, 2].tolist() == [[0, 6, 8], [0, 6, 8]]
+    assert encoders_from_json(json.loads(json.dumps(e.to_json()))) == e
+
+
+def test_relative_numerical_exact(tmp_path: Path) -> None:
+    e = _enc(relative_numerical=("amount",), gap_feature=True)
+    assert e.num_inputs == ("amount", "amount~relative", "_gap_prev")
+    t = encode_sequence_batch(_seq_batch(), e)
+    # scaled amounts: o1 0.5, o2 1.0 (200 clipped), o3 0.1; each minus the target's, 0 at padding
+    np.testing.assert_allclose(t.num[:, :, 1], [[0, -0.5, 0.0], [0, 0.4, 0.0]], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(t.num[:, :, 0], encode_sequence_batch(_seq_batch(), _enc()).num[:, :, 0])
+    assert t.num[:, :, 2].tolist() == encode_sequence_batch(_seq_batch(), _enc(gap_feature=True)).num[:, :, 1].tolist()
+    assert load_encoders(e.save(tmp_path)) == e
 
 
 def test_gap_feature_exact() -> None:

@@ -115,10 +115,12 @@ class ColumnsConfig:
     categorical: tuple[str, ...] = ()
     numerical: tuple[str, ...] = ()
     engineered: tuple[str, ...] = ()
-    # High-cardinality identifiers (device, IP, e-mail hash) that the model sees only
-    # relative to the target order: "same value as the target?" and "first time in the
-    # window?" (tsa_lib.features.tensorize).  Never embedded by value, so a fraud
-    # episode's device id cannot be memorised.
+    # Columns the model sees relative to the target order: "same value as the target?"
+    # and "first time in the window?" (tsa_lib.features.tensorize).  A high-cardinality
+    # id (device, IP, e-mail hash) listed only here is never embedded by value, so a
+    # fraud episode's device id cannot be memorised.  A categorical column may be listed
+    # here too: it is then embedded AND gets the relative token ("a country this
+    # customer never ordered from").
     relative: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -138,14 +140,14 @@ class ColumnsConfig:
                  ("engineered", list(self.engineered)), ("relative", list(self.relative))]
         for role, cols in roles:
             for c in cols:
-                if c in seen:
+                if c in seen and not (role == "relative" and seen[c] == "categorical"):
                     raise ConfigError(f"columns.{role}: column {c!r} is already used as {seen[c]}")
                 seen[c] = role
 
     @property
     def string_columns(self) -> tuple[str, ...]:
-        """Sequence columns carried as strings: categorical, then relative."""
-        return tuple(self.categorical) + tuple(self.relative)
+        """Sequence columns carried as strings: categorical, then the relative ones that are not."""
+        return tuple(self.categorical) + tuple(c for c in self.relative if c not in self.categorical)
 
     @property
     def sequence_columns(self) -> tuple[str, ...]:
@@ -235,9 +237,18 @@ class EncoderConfig:
     # order).  Bursts and velocity ramps are gap patterns between past orders, which the time
     # to the target order shows only as differences.
     gap_feature: bool = False
+    # Numerical sequence columns that get one more input per order: the order's scaled
+    # value minus the target order's (in [-1, 1]; 0 for the target).  With log1p scaling
+    # that is the log of the amount ratio: "this order is three times what the customer
+    # usually spends" is one number per past order instead of something to learn.
+    relative_numerical: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_positive("encoders.min_frequency", self.min_frequency)
+        for i, c in enumerate(self.relative_numerical):
+            check_identifier(f"encoders.relative_numerical[{i}]", c)
+        if len(set(self.relative_numerical)) != len(self.relative_numerical):
+            raise ConfigError(f"encoders.relative_numerical: repeated column in {list(self.relative_numerical)}")
         check_positive("encoders.max_vocab_per_column", self.max_vocab_per_column)
         if not 0.0 <= self.quantile_low < self.quantile_high <= 1.0:
             raise ConfigError(f"encoders.quantile_low/quantile_high: need 0 <= low < high <= 1, got "
@@ -365,6 +376,10 @@ class SuiteConfig:
         for i, col in enumerate(self.encoders.log1p):
             if col not in numeric:
                 raise ConfigError(f"encoders.log1p[{i}]: {col!r} is not a numerical or engineered column")
+        for i, col in enumerate(self.encoders.relative_numerical):
+            if col not in self.columns.numerical:
+                raise ConfigError(f"encoders.relative_numerical[{i}]: {col!r} is not a numerical sequence column "
+                                  f"(numerical={list(self.columns.numerical)})")
         for col in self.quality.numeric_ranges:
             if col not in set(self.columns.numerical) | set(self.columns.engineered):
                 raise ConfigError(

@@ -5,9 +5,12 @@
   values at ``offsets[c] .. offsets[c] + len(vocab[c]) - 1``;
 - numerical (sequence) and engineered columns: robust min-max, i.e. optional
   log1p, clip to the fitted [lo, hi] quantiles, scale to [0, 1];
-- relative columns (high-cardinality ids such as a device): no vocabulary, four
-  tokens each after the categorical values (``RELATIVE_TOKENS``), chosen per
-  window element by ``tsa_lib.features.tensorize.relative_codes``.
+- relative columns (high-cardinality ids such as a device, or a categorical column
+  that is also embedded): four tokens each after the categorical values
+  (``RELATIVE_TOKENS``), chosen per window element by
+  ``tsa_lib.features.tensorize.relative_codes``;
+- relative numerical columns: one more input per order, its scaled value minus the
+  target order's.
 
 Fitting happens in Spark (``tsa_lib.spark.encoders``); this module only holds,
 validates, saves, loads and applies them, with numpy/pyarrow.
@@ -34,6 +37,7 @@ PAD, UNKNOWN, FIRST_INDEX = 0, 1, 2
 # token offset + 2 * (same value as the target order) + (first time the value appears in the window)
 RELATIVE_TOKENS = ("other_repeat", "other_first", "target_repeat", "target_first")
 GAP_FEATURE = "_gap_prev"  # name of the derived numerical input (see Encoders.gap_feature)
+RELATIVE_SUFFIX = "~relative"  # input name of a column's relative token / relative value
 
 
 class EncoderError(ValueError):
@@ -82,6 +86,7 @@ class Encoders:
     numerical_default: float = 0.0
     relative: tuple[str, ...] = ()
     gap_feature: bool = False
+    relative_numerical: tuple[str, ...] = ()
     offsets: dict[str, int] = field(init=False)
     relative_offsets: dict[str, int] = field(init=False)
     vocab_size: int = field(init=False)
@@ -106,10 +111,15 @@ class Encoders:
             nxt += len(self.vocab[col])
         rel_offsets = {}
         for col in self.relative:
-            if col in self.vocab or col in self.numeric_scalers or col in self.engineered_scalers or col in rel_offsets:
+            if col in self.numeric_scalers or col in self.engineered_scalers or col in rel_offsets \
+                    or (col in self.vocab and col not in self.categorical):
                 raise EncoderError(f"encoders: relative column {col!r} is also used in another role or twice")
             rel_offsets[col] = nxt
             nxt += len(RELATIVE_TOKENS)
+        for col in self.relative_numerical:
+            if col not in self.numerical or self.relative_numerical.count(col) > 1:
+                raise EncoderError(f"encoders: relative_numerical column {col!r} is not a numerical column "
+                                   f"({list(self.numerical)}) or is listed twice")
         object.__setattr__(self, "offsets", offsets)
         object.__setattr__(self, "relative_offsets", rel_offsets)
         object.__setattr__(self, "vocab_size", nxt)
@@ -122,8 +132,10 @@ class Encoders:
 
     @property
     def num_inputs(self) -> tuple[str, ...]:
-        """The model's numerical inputs per order, in tensor order: numerical, then ``GAP_FEATURE``."""
-        return tuple(self.numerical) + ((GAP_FEATURE,) if self.gap_feature else ())
+        """The model's numerical inputs per order, in tensor order: numerical, relative numerical
+        (``<col>~relative``), then ``GAP_FEATURE``."""
+        return tuple(self.numerical) + tuple(c + RELATIVE_SUFFIX for c in self.relative_numerical) \
+            + ((GAP_FEATURE,) if self.gap_feature else ())
 
     @property
     def gap_horizon_minutes(self) -> float:
@@ -132,14 +144,16 @@ class Encoders:
 
     @property
     def cat_inputs(self) -> tuple[str, ...]:
-        """The model's categorical inputs per order, in tensor order: categorical, then relative."""
-        return tuple(self.categorical) + tuple(self.relative)
+        """The model's categorical inputs per order, in tensor order: categorical, then relative
+        (named ``<col>~relative`` when the column is categorical too)."""
+        return tuple(self.categorical) + tuple(c + RELATIVE_SUFFIX if c in self.categorical else c
+                                               for c in self.relative)
 
     @property
     def sequence_row_columns(self) -> tuple[str, ...]:
         """The columns of a ``sequences_<entity>`` row that encoding reads."""
-        return ("entity_id", "n_context", "n_targets", "order_id", "event_time", *self.cat_inputs,
-                *self.numerical)
+        return ("entity_id", "n_context", "n_targets", "order_id", "event_time", *self.categorical,
+                *(c for c in self.relative if c not in self.categorical), *self.numerical)
 
     # ---- apply --------------------------------------------------------------------------------------
     def encode_categorical(self, col: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -181,6 +195,7 @@ class Encoders:
             "numerical_default": self.numerical_default,
             "relative": list(self.relative),
             "gap_feature": self.gap_feature,
+            "relative_numerical": list(self.relative_numerical),
             "vocab_size": self.vocab_size,
         }
 
@@ -221,8 +236,9 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
                 raise EncoderError(f"{where}.{key}.{col}: bad scaler {s!r}: {e}") from e
         return out
 
-    if not isinstance(data.get("relative", []), list):
-        raise EncoderError(f"{where}.relative: expected a list of column names, got {data['relative']!r}")
+    for key in ("relative", "relative_numerical"):
+        if not isinstance(data.get(key, []), list):
+            raise EncoderError(f"{where}.{key}: expected a list of column names, got {data[key]!r}")
     try:
         enc = Encoders(
             version=str(data["version"]), config_hash=str(data["config_hash"]),
@@ -237,6 +253,7 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
             numerical_default=float(data.get("numerical_default", 0.0)),
             relative=tuple(data.get("relative", ())),
             gap_feature=bool(data.get("gap_feature", False)),
+            relative_numerical=tuple(data.get("relative_numerical", ())),
         )
     except (TypeError, AttributeError, KeyError) as e:
         raise EncoderError(f"{where}: malformed artifact: {e}") from e

@@ -8,7 +8,9 @@ Shapes (T targets, L = max_len + 1 slots, target last, left-padded):
 - ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown;
                                   the categorical columns, then the relative ones
 - ``num``  float32 [T, L, n_num]  scaled to [0, 1], 0 at padding; the numerical columns,
-                                  then the gap to the previous order when ``gap_feature``
+                                  then each relative numerical one (scaled value minus the
+                                  target's, in [-1, 1]), then the gap to the previous order
+                                  when ``gap_feature``
 - ``dt``   float32 [T, L]         days between each element and the target (0 for it)
 - ``mask`` bool    [T, L]         True where an order is present
 - ``hist_len`` int32 [T]          real history elements (-1 when the entity is missing)
@@ -121,8 +123,11 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
             num[:, :, j] = np.where(mask, enc.encode_numeric(c, vals)[safe], 0.0)
     ts = pc.cast(flat_values(batch, "event_time"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
         zero_copy_only=False)
+    for j, c in enumerate(enc.relative_numerical, start=len(enc.numerical)):
+        v = num[:, :, enc.numerical.index(c)]
+        num[:, :, j] = np.where(mask, v - v[:, -1:], 0.0)   # the target (last slot) is always present
     if enc.gap_feature and len(ts):
-        num[:, :, len(enc.numerical)] = gap_feature(np.where(mask, ts[safe], 0), mask, enc.gap_horizon_minutes)
+        num[:, :, len(enc.numerical) + len(enc.relative_numerical)] = gap_feature(np.where(mask, ts[safe], 0), mask, enc.gap_horizon_minutes)
     t_ts = ts[w.target] if len(ts) else np.zeros(0, np.int64)
     dt = np.where(mask, (t_ts[:, None] - ts[safe]) / (US_PER_SECOND * enc.time_unit_seconds), 0.0) \
         .astype(np.float32) if len(ts) else np.zeros((t, length), np.float32)
