@@ -281,6 +281,9 @@ class TrainConfig:
     max_pos_weight: float = 50.0
     early_stopping_metric: Literal["average_precision", "roc_auc"] = "average_precision"
     patience: int = 2
+    # Exponential moving average of the weights (0 = off): validation, early stopping and
+    # the artifact use the averaged weights, which move less from step to step.
+    ema_decay: float = 0.0
     checkpoint_every_steps: int = 200
     log_every_steps: int = 50
     seed: int = 1234
@@ -300,6 +303,8 @@ class TrainConfig:
         check_positive("training.grad_clip", self.grad_clip, allow_zero=True)
         check_positive("training.max_pos_weight", self.max_pos_weight)
         check_positive("training.patience", self.patience, allow_zero=True)
+        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
+            raise ConfigError(f"training.ema_decay: must be a number in [0, 1), got {self.ema_decay!r}")
         check_identifier("training.model_name", self.model_name)
         if self.train_end and self.valid_start and self.valid_start <= self.train_end:
             raise ConfigError(f"training.valid_start: {self.valid_start!r} must be after training.train_end "
