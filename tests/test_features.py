@@ -322,3 +322,35 @@ def test_relative_column_through_the_jobs(spark, featcfg: SuiteConfig) -> None: 
     assert job.c_cat[2, :, 0].tolist() == [2 + 3, 2 + 2, 2 + 1, 2 + 2]
     # card K1 for o5: o1, o2 (A, grocery), o3 (B, fuel), then o5
     assert job.k_cat[0, :, 0].tolist() == [2 + 1, 2 + 0, 2 + 1, 2 + 3]
+
+
+def test_categorical_relative_and_relative_numerical_through_the_jobs(spark, featcfg: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
+    """mcc embedded AND relative, amount also relative to the target: exact tensors from the real jobs."""
+    import dataclasses
+
+    from tsa_lib.spark.build_sequences import run_build_sequences
+    from tsa_lib.spark.encoders import fit_encoders
+    from tsa_lib.spark.examples import run_build_examples
+
+    cfg = dataclasses.replace(
+        featcfg, columns=dataclasses.replace(COLS, relative=("mcc",)),
+        encoders=dataclasses.replace(featcfg.encoders, relative_numerical=("amount",)),
+        storage=dataclasses.replace(featcfg.storage, database="feattest_dual",
+                                    warehouse=str(Path(featcfg.storage.warehouse) / "dual")))
+    ctx = RunContext(job="t", run_id="r1", dates=(D3,), started_at=dt.datetime(2026, 1, 4, tzinfo=dt.timezone.utc))
+    run_build_sequences(spark, cfg, ctx)
+    seq_cols = spark.read.format("delta").load(cfg.storage.table_path("sequences_customer")).columns
+    assert seq_cols.count("mcc") == 1
+    enc = fit_encoders(spark, cfg, D1, D2)
+    assert enc.cat_inputs == ("mcc", "mcc~relative") and enc.num_inputs == ("amount", "amount~relative")
+    assert enc.offsets == {"mcc": 2} and enc.relative_offsets == {"mcc": 3}
+    run_build_examples(spark, cfg, ctx, enc)
+    tbl = spark.read.format("delta").load(cfg.storage.table_path("examples")).orderBy("order_id").toArrow()
+    job = examples_to_batch(tbl, enc)
+    assert job.order_id.tolist() == ["5", "7", "8"]
+    # order 5 (customer A: o1, o2 grocery, then jewelry): embedded as before, relative: other/first,
+    # other/repeat, target/first; amounts 10, 20, 900 scale to 0, 1/3, 1 and relative to the target's 1
+    assert job.c_cat[0, :, 0].tolist() == [0, 2, 2, 1]
+    assert job.c_cat[0, :, 1].tolist() == [0, 3 + 1, 3 + 0, 3 + 3]
+    np.testing.assert_allclose(job.c_num[0, :, 0], [0, 0, 1 / 3, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(job.c_num[0, :, 1], [0, -1.0, -2 / 3, 0], rtol=1e-6)
