@@ -36,7 +36,8 @@ def test_local_config_values() -> None:
     assert cfg.spark.master == "local[2]"
     assert cfg.input.transactions == TableSource(path="warehouse/raw/transactions", format="delta")
     assert cfg.columns.numerical == ("amount", "hour_of_day", "items")
-    assert cfg.columns.relative == ("device_id",) and "device_id" not in cfg.columns.categorical
+    assert cfg.columns.relative == ("device_id", "country") and "device_id" not in cfg.columns.categorical
+    assert cfg.encoders.relative_numerical == ("amount",)
     assert cfg.columns.sequence_columns == ("merchant_category", "channel", "country", "entry_mode", "device_id",
                                             "amount", "hour_of_day", "items")
     assert cfg.quality.numeric_ranges["amount"] == (0.0, 1_000_000.0)
