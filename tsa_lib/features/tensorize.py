@@ -127,7 +127,8 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
         v = num[:, :, enc.numerical.index(c)]
         num[:, :, j] = np.where(mask, v - v[:, -1:], 0.0)   # the target (last slot) is always present
     if enc.gap_feature and len(ts):
-        num[:, :, len(enc.numerical) + len(enc.relative_numerical)] = gap_feature(np.where(mask, ts[safe], 0), mask, enc.gap_horizon_minutes)
+        j = len(enc.numerical) + len(enc.relative_numerical)
+        num[:, :, j] = gap_feature(np.where(mask, ts[safe], 0), mask, enc.gap_horizon_minutes)
     t_ts = ts[w.target] if len(ts) else np.zeros(0, np.int64)
     dt = np.where(mask, (t_ts[:, None] - ts[safe]) / (US_PER_SECOND * enc.time_unit_seconds), 0.0) \
         .astype(np.float32) if len(ts) else np.zeros((t, length), np.float32)
