@@ -45,14 +45,18 @@ def test_scalers_clip_and_log1p() -> None:
         [0.0, 0.0, 0.25, 1.0, 1.0, 0.0]  # NaN (a null) -> numerical default 0 -> 0
     np.testing.assert_allclose(e.encode_numeric("age", np.array([0.0, 9.0, 99.0])), [0.0, 1.0, 1.0], rtol=1e-6)
     assert Scaler(lo=3.0, hi=3.0).apply(np.array([1.0, 5.0])).tolist() == [0.0, 0.0]
+    std = Scaler(lo=0.0, hi=100.0, mean=20.0, std=10.0)       # standardised after clipping
+    assert std.apply(np.array([-5.0, 20.0, 35.0, 1e9])).tolist() == [-2.0, 0.0, 1.5, 8.0]
+    with pytest.raises(EncoderError, match="need a finite mean and std >= 0, got mean=0.0 std=-1.0"):
+        Scaler(lo=0.0, hi=1.0, std=-1.0)
 
 
 def test_artifact_round_trip(tmp_path: Path) -> None:
-    e = _enc()
+    e = _enc(numeric_scalers={"amount": Scaler(lo=0.0, hi=100.0, mean=20.0, std=10.0)})
     path = e.save(tmp_path / "encoders")
     assert (tmp_path / "encoders" / "LATEST").read_text().strip() == path.name
     back = load_encoders(tmp_path / "encoders")
-    assert back == e and back.vocab_size == 5
+    assert back == e and back.vocab_size == 5 and back.numeric_scalers["amount"].std == 10.0
     assert load_encoders(path) == e
 
 
@@ -242,6 +246,8 @@ D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 
 
 def test_fit_uses_the_window_only(spark, featcfg: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
     from tsa_lib.spark.encoders import fit_encoders
 
     enc = fit_encoders(spark, featcfg, D1, D2)
@@ -249,6 +255,11 @@ def test_fit_uses_the_window_only(spark, featcfg: SuiteConfig) -> None:  # type:
     assert enc.numeric_scalers["amount"] == Scaler(lo=10.0, hi=40.0)
     assert enc.engineered_scalers["age"].hi == pytest.approx(float(np.log1p(100.0)))
     assert (enc.window_start, enc.window_end, enc.max_len) == ("2026-01-01", "2026-01-02", 3)
+    std = fit_encoders(spark, dataclasses.replace(
+        featcfg, encoders=dataclasses.replace(featcfg.encoders, scaling="standard")), D1, D2)
+    a = std.numeric_scalers["amount"]
+    assert (a.lo, a.hi, a.mean, a.std) == (10.0, 40.0, 25.0, pytest.approx(125 ** 0.5))
+    assert std.encode_numeric("amount", np.array([25.0, 100.0])).tolist() == pytest.approx([0.0, 15 / 125 ** 0.5])
     with pytest.raises(ValueError, match="no usable orders"):
         fit_encoders(spark, featcfg, dt.date(2027, 1, 1), dt.date(2027, 1, 2))
     with pytest.raises(ValueError, match="before start"):

@@ -232,13 +232,17 @@ class EncoderConfig:
     quantile_low: float = 0.001
     quantile_high: float = 0.999
     log1p: tuple[str, ...] = ()
+    # After log1p and clipping to the quantiles: "minmax" scales to [0, 1]; "standard"
+    # subtracts the mean and divides by the std of the clipped training values, so every
+    # numerical input has unit spread (a 1.5x amount is not a 0.05 step in [0, 1]).
+    scaling: Literal["minmax", "standard"] = "minmax"
     # One more numerical input per order: the time since the entity's previous order in the
     # window (log1p of minutes over the history horizon, in [0, 1]; 1 for the window's oldest
     # order).  Bursts and velocity ramps are gap patterns between past orders, which the time
     # to the target order shows only as differences.
     gap_feature: bool = False
     # Numerical sequence columns that get one more input per order: the order's scaled
-    # value minus the target order's (in [-1, 1]; 0 for the target).  With log1p scaling
+    # value minus the target order's (0 for the target; in [-1, 1] with minmax scaling).  With log1p scaling
     # that is the log of the amount ratio: "this order is three times what the customer
     # usually spends" is one number per past order instead of something to learn.
     relative_numerical: tuple[str, ...] = ()

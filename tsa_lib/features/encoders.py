@@ -3,8 +3,9 @@
 - categorical: one vocabulary per column, all in ONE index space shared by the
   model's embedding table: 0 = padding, 1 = unknown or null, column ``c``'s
   values at ``offsets[c] .. offsets[c] + len(vocab[c]) - 1``;
-- numerical (sequence) and engineered columns: robust min-max, i.e. optional
-  log1p, clip to the fitted [lo, hi] quantiles, scale to [0, 1];
+- numerical (sequence) and engineered columns: optional log1p, clip to the fitted
+  [lo, hi] quantiles, then scale to [0, 1] (robust min-max) or standardise with the
+  clipped values' mean and std (``encoders.scaling``);
 - relative columns (high-cardinality ids such as a device, or a categorical column
   that is also embedded): four tokens each after the categorical values
   (``RELATIVE_TOKENS``), chosen per window element by
@@ -46,20 +47,27 @@ class EncoderError(ValueError):
 
 @dataclass(frozen=True)
 class Scaler:
-    """log1p (optional) -> clip to [lo, hi] -> (x - lo) / (hi - lo)."""
+    """log1p (optional) -> clip to [lo, hi] -> ``(x - lo) / (hi - lo)`` (min-max, in [0, 1]), or,
+    with ``std > 0``, ``(x - mean) / std`` (standardised: mean and std of the clipped values)."""
 
     lo: float
     hi: float
     log1p: bool = False
+    mean: float = 0.0
+    std: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)) or self.lo > self.hi:
             raise EncoderError(f"scaler: need finite lo <= hi, got lo={self.lo!r} hi={self.hi!r}")
+        if not (math.isfinite(self.mean) and math.isfinite(self.std)) or self.std < 0:
+            raise EncoderError(f"scaler: need a finite mean and std >= 0, got mean={self.mean!r} std={self.std!r}")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if self.log1p:
             x = np.log1p(np.maximum(x, 0.0))
+        if self.std > 0:
+            return ((np.clip(x, self.lo, self.hi) - self.mean) / self.std).astype(np.float32)
         span = self.hi - self.lo
         if span <= 0:
             return np.zeros(x.shape, dtype=np.float32)
@@ -231,7 +239,8 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
         out = {}
         for col, s in raw.items():
             try:
-                out[col] = Scaler(lo=float(s["lo"]), hi=float(s["hi"]), log1p=bool(s.get("log1p", False)))
+                out[col] = Scaler(lo=float(s["lo"]), hi=float(s["hi"]), log1p=bool(s.get("log1p", False)),
+                                  mean=float(s.get("mean", 0.0)), std=float(s.get("std", 0.0)))
             except (KeyError, TypeError, ValueError) as e:
                 raise EncoderError(f"{where}.{key}.{col}: bad scaler {s!r}: {e}") from e
         return out

@@ -7,10 +7,10 @@ All numpy/pyarrow over whole batches: no Python work per row.
 Shapes (T targets, L = max_len + 1 slots, target last, left-padded):
 - ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown;
                                   the categorical columns, then the relative ones
-- ``num``  float32 [T, L, n_num]  scaled to [0, 1], 0 at padding; the numerical columns,
-                                  then each relative numerical one (scaled value minus the
-                                  target's, in [-1, 1]), then the gap to the previous order
-                                  when ``gap_feature``
+- ``num``  float32 [T, L, n_num]  scaled (to [0, 1], or standardised), 0 at padding; the
+                                  numerical columns, then each relative numerical one (scaled
+                                  value minus the target's), then the gap to the previous
+                                  order when ``gap_feature``
 - ``dt``   float32 [T, L]         days between each element and the target (0 for it)
 - ``mask`` bool    [T, L]         True where an order is present
 - ``hist_len`` int32 [T]          real history elements (-1 when the entity is missing)

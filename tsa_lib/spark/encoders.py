@@ -18,27 +18,44 @@ log = logging.getLogger(__name__)
 
 
 def _scalers(df: "DataFrame", columns: tuple[str, ...], cfg: SuiteConfig) -> dict[str, Scaler]:
-    """Robust min-max per column: optional log1p, then the configured quantiles (finite values only)."""
+    """Per column: optional log1p, the configured quantiles (finite values only) as clip bounds,
+    and with ``encoders.scaling: standard`` the mean and std of the clipped values."""
     from pyspark.sql import functions as F
 
     if not columns:
         return {}
     e = cfg.encoders
-    exprs = []
+    exprs, values = [], {}
     for c in columns:
         v = F.col(c).cast("double")
         v = F.when(F.isnan(v) | v.isin(float("inf"), float("-inf")), None).otherwise(v)
         if c in e.log1p:
             v = F.log1p(F.greatest(v, F.lit(0.0)))
+        values[c] = v
         exprs.append(F.percentile_approx(v, [e.quantile_low, e.quantile_high], 10000).alias(c))
     row = df.agg(*exprs).first()
-    out = {}
+    bounds = {}
     for c in columns:
         q = row[c]
-        lo, hi = (float(q[0]), float(q[1])) if q and q[0] is not None else (0.0, 0.0)
+        bounds[c] = (float(q[0]), float(q[1])) if q and q[0] is not None else (0.0, 0.0)
         if q is None or q[0] is None:
             log.warning("column %s has no finite values in the fit window: it will encode as 0", c)
-        out[c] = Scaler(lo=lo, hi=hi, log1p=c in e.log1p)
+    moments = {c: (0.0, 0.0) for c in columns}
+    if e.scaling == "standard":   # mean and std of the values as the encoder sees them: clipped
+        clipped = {c: F.least(F.greatest(values[c], F.lit(bounds[c][0])), F.lit(bounds[c][1])) for c in columns}
+        mrow = df.agg(*[F.avg(clipped[c]).alias(f"{c}__mean") for c in columns],
+                      *[F.stddev_pop(clipped[c]).alias(f"{c}__std") for c in columns]).first()
+        for c in columns:
+            mean, std = mrow[f"{c}__mean"], mrow[f"{c}__std"]
+            moments[c] = (float(mean), float(std)) if mean is not None and std is not None and std > 0 \
+                else (float(mean or 0.0), 0.0)
+    out = {}
+    for c in columns:
+        lo, hi = bounds[c]
+        mean, std = moments[c]
+        if e.scaling == "standard" and std == 0.0:
+            lo = hi = mean   # a constant column: min-max with an empty span encodes it as 0
+        out[c] = Scaler(lo=lo, hi=hi, log1p=c in e.log1p, mean=mean if std > 0 else 0.0, std=std)
     return out
 
 
