@@ -153,9 +153,10 @@ def test_output_shapes(tiny: ModelConfig, model_type: str, use_moe: bool, use_ml
 # --------------------------------------------------------------------------- padding / empty sequences
 
 
-@pytest.mark.parametrize("model_type", ["single_seq", "two_seq"])
-def test_padding_invariance(tiny: ModelConfig, model_type: str) -> None:
-    cfg = tiny.replace(model_type=model_type, use_moe=True, n_layers_order=2, n_layers_feature=2)
+@pytest.mark.parametrize("model_type, time_bias", [("single_seq", False), ("two_seq", False), ("two_seq", True)])
+def test_padding_invariance(tiny: ModelConfig, model_type: str, time_bias: bool) -> None:
+    cfg = tiny.replace(model_type=model_type, use_moe=True, n_layers_order=2, n_layers_feature=2,
+                       time_bias=time_bias)
     model = build(cfg)
     lengths = torch.tensor([1, 3, 8, 5, 2, 0])  # includes an empty sequence (whole row padding)
     inputs = make_inputs(cfg, 6, lengths=lengths, lengths_ccid=torch.tensor([2, 0, 8, 1, 7, 4]))
@@ -310,10 +311,10 @@ def test_time_encode_formula() -> None:
 # --------------------------------------------------------------------------- gradients / determinism
 
 
-@pytest.mark.parametrize("model_type", ["single_seq", "two_seq"])
-def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str) -> None:
+@pytest.mark.parametrize("model_type, time_bias", [("single_seq", True), ("two_seq", False)])
+def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, time_bias: bool) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, use_mlp=True, use_fm=True, n_layers_order=2,
-                       n_layers_feature=2, dropout=0.1)
+                       n_layers_feature=2, dropout=0.1, time_bias=time_bias)
     model = build(cfg, train=True)
     b = 32
     inputs = make_inputs(cfg, b, seed=1)
@@ -659,3 +660,23 @@ def test_torch_compile_smoke(tiny: ModelConfig, model_type: str) -> None:
     torch.testing.assert_close(out, eager, atol=1e-4, rtol=1e-4)
     out.sum().backward()
     assert model.clf[0].weight.grad is not None
+
+
+def test_time_bias_favours_recent_orders_exactly() -> None:
+    """The recency bias enters the scores as -slope_h * log1p(minutes): check against explicit attention."""
+    from tsa_lib.models.layers import AttentionLayer, attention_with_weights
+
+    torch.manual_seed(0)
+    layer = AttentionLayer(8, 2, 16, dropout=0.0).eval()
+    x = torch.randn(1, 3, 8)
+    mask = torch.tensor([[True, True, False]])
+    bias = torch.tensor([[[0.0, -2.0, 5.0], [0.0, 0.0, 0.0]]])          # head 0 pushes key 1 down
+    _, w, _ = layer(x, mask, need_weights=True, key_bias=bias)
+    q, k, v = layer.in_proj(x).view(1, 3, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+    raw = (q @ k.transpose(-2, -1)) / 2.0 + bias[:, :, None, :]
+    raw = raw.masked_fill(~mask[:, None, None, :], float("-inf"))
+    torch.testing.assert_close(w, torch.softmax(raw, -1).mean(1))
+    assert float(w[0, :, 2].abs().max()) == 0.0                         # a padded key stays masked
+    out_fast = layer(x, mask, key_bias=bias)[0]
+    out_slow = layer(x, mask, need_weights=True, key_bias=bias)[0]
+    torch.testing.assert_close(out_fast, out_slow)

@@ -102,6 +102,7 @@ class ModelConfig:
     moe_aux_weight: float = 0.01
     use_fm: bool = True
     num_bias: bool = True
+    time_bias: bool = False   # learnable per-head recency bias in the order attention (not in the seed)
     n_classes: int = 2
     grad_checkpointing: bool = False
 
@@ -125,7 +126,7 @@ class ModelConfig:
         if not self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         for name in ("use_time", "use_position", "use_mlp", "use_moe", "use_fm", "num_bias",
-                     "grad_checkpointing"):
+                     "time_bias", "grad_checkpointing"):
             _check_bool(name, getattr(self, name))
         _check_int("dim_mlp", self.dim_mlp, 1)
         _check_int("num_experts", self.num_experts, 1)

@@ -91,14 +91,15 @@ def attention_with_weights(
 ) -> tuple[Tensor, Tensor]:
     """Explicit attention (the explanation path): returns ``(out, weights)``.
 
-    ``q/k/v``: ``[B, H, S_q|S, dh]``; ``attn_mask``: bool, broadcastable to
-    ``[B, H, S_q, S]``, True = attend.  ``weights``: softmax probabilities
+    ``q/k/v``: ``[B, H, S_q|S, dh]``; ``attn_mask``: broadcastable to ``[B, H, S_q, S]``,
+    bool (True = attend) or float (added to the scores, -inf = masked), as for SDPA.  ``weights``: softmax probabilities
     averaged over heads, ``[B, S_q, S]`` (fp32, before dropout).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            else scores + attn_mask.float()
     probs = torch.softmax(scores, dim=-1)
     p = F.dropout(probs, dropout_p) if dropout_p > 0.0 else probs
     out = torch.matmul(p.to(v.dtype), v)
@@ -288,7 +289,7 @@ class _AttentionBase(nn.Module):
         return self.ff(x), None
 
     def _attend(self, h: Tensor, key_padding_mask: Optional[Tensor], need_weights: bool,
-                query_index: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
+                query_index: Optional[int], key_bias: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         b, s, d = h.shape
         nh, dh = self.num_heads, self.head_dim
         w, bias = self.in_proj.weight, self.in_proj.bias
@@ -302,6 +303,9 @@ class _AttentionBase(nn.Module):
             k, v = F.linear(h, w[d:], bias[d:]).view(b, s, 2, nh, dh).permute(2, 0, 3, 1, 4).unbind(0)
             s_q = 1
         mask4 = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
+        if key_bias is not None:   # [B, H, S] added to every query's scores; padded keys stay masked
+            bias4 = key_bias[:, :, None, :].to(q.dtype)
+            mask4 = bias4 if mask4 is None else bias4.masked_fill(~mask4, float("-inf"))
         p = self.dropout_p if self.training else 0.0
         if need_weights:
             out, weights = attention_with_weights(q, k, v, mask4, p)
@@ -329,10 +333,12 @@ class AttentionLayer(_AttentionBase):
     """
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, need_weights: bool = False,
-                query_index: Optional[int] = None) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """``x`` ``[B, S, D]``; ``key_padding_mask`` ``[B, S]`` (True = real) ->
+                query_index: Optional[int] = None, key_bias: Optional[Tensor] = None
+                ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """``x`` ``[B, S, D]``; ``key_padding_mask`` ``[B, S]`` (True = real); ``key_bias``
+        ``[B, H, S]`` added to the attention scores of each key (optional) ->
         ``(out [B, S or 1, D], weights [B, S or 1, S] | None, aux | None)``."""
-        attn, weights = self._attend(x, key_padding_mask, need_weights, query_index)
+        attn, weights = self._attend(x, key_padding_mask, need_weights, query_index, key_bias)
         res, tok_mask = self._select(x, key_padding_mask, query_index)
         x = self.norm1(res + self.dropout(attn))
         y, aux = self._ff(x, tok_mask)
@@ -414,12 +420,14 @@ def run_layer_stack(
     need_weights: bool,
     readout_index: int,
     checkpointing: bool,
+    key_bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, Optional[Tensor], list[Tensor]]:
     """Run an attention stack and read token ``readout_index`` out of its last layer.
 
     The last layer computes that token only (``query_index``).  Returns
     ``(readout [B, D], last-layer weights of the readout row [B, S] | None,
-    MoE aux losses)``.  With ``checkpointing`` each layer is recomputed in the
+    MoE aux losses)``.  ``key_bias`` (``[B, H, S]``, optional) is passed to every
+    layer (``AttentionLayer`` only).  With ``checkpointing`` each layer is recomputed in the
     backward pass (``torch.utils.checkpoint``, ``use_reentrant=False``).
     """
     auxes: list[Tensor] = []
@@ -429,11 +437,12 @@ def run_layer_stack(
         last = i == n - 1
         qi = readout_index if last else None
         nw = need_weights and last
+        extra = (key_bias,) if key_bias is not None else ()
         if checkpointing:
             x, w_i, aux = torch.utils.checkpoint.checkpoint(
-                layer, x, key_padding_mask, nw, qi, use_reentrant=False)
+                layer, x, key_padding_mask, nw, qi, *extra, use_reentrant=False)
         else:
-            x, w_i, aux = layer(x, key_padding_mask, nw, qi)
+            x, w_i, aux = layer(x, key_padding_mask, nw, qi, *extra)
         if aux is not None:
             auxes.append(aux)
         if last and w_i is not None:

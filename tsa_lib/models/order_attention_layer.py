@@ -11,7 +11,8 @@ Processing flow (seed design, "Order Attention Layer"):
    counted from the target order, which is always last: sequences are
    left-padded), and a learnable dummy token is put in front;
 4. a stack of post-norm temporal attention layers with the key padding mask
-   (the dummy is always a valid key, so no query row is ever fully masked);
+   (the dummy is always a valid key, so no query row is ever fully masked) and,
+   with ``time_bias``, a learnable recency bias per head on every key's score;
 5. the dummy token's output of the last layer is the order representation.
 
 Padded positions never influence a valid token: they are masked as keys,
@@ -75,11 +76,18 @@ class OrderAttentionLayer(nn.Module):
         num_experts: int = 5,
         moe_top_k: int = 2,
         grad_checkpointing: bool = False,
+        time_bias: bool = False,
     ) -> None:
         super().__init__()
         if embedding.embedding_dim != dim_embed:
             raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {dim_embed}")
         self._shared = (embedding,)  # a reference, deliberately not a registered sub-module
+        self.num_heads = num_heads
+        # Recency bias per head (time_bias): score(key) += -slope_h * log1p(minutes before the
+        # target).  Slopes start geometric from 1 (sharply recent) down to ~0 (no preference),
+        # so some heads look at "the last hour" and others at the whole window; all learnable.
+        self.time_slopes = nn.Parameter(torch.tensor([2.0 ** -i for i in range(num_heads)])) \
+            if time_bias else None
         self.n_cat_features = n_cat_features
         self.n_num_features = n_num_features
         self.seq_len = seq_len
@@ -130,6 +138,11 @@ class OrderAttentionLayer(nn.Module):
         else:
             x = self.order_tokens(x_cat, x_num, time_seq, emb_weight)
         key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
-        rep, weights, auxes = run_layer_stack(self.layer_stack, x, key_mask, need_weights, 0, ckpt)
+        bias = None
+        if self.time_slopes is not None:   # the dummy counts as "now"; padding is masked anyway
+            minutes = torch.log1p(time_seq.float().clamp_min(0.0) * 1440.0)
+            minutes = torch.cat([minutes.new_zeros(minutes.shape[0], 1), minutes], dim=1)   # [B, 1 + L]
+            bias = -self.time_slopes[None, :, None] * minutes[:, None, :]                  # [B, H, 1 + L]
+        rep, weights, auxes = run_layer_stack(self.layer_stack, x, key_mask, need_weights, 0, ckpt, bias)
         attn = weights[:, 1:] if weights is not None else None
         return rep, attn, auxes
