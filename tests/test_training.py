@@ -209,7 +209,7 @@ def test_weight_average_exact() -> None:
         net.weight.fill_(0.0)
     ema.update(net)            # min(0.5, 2/11): 2.8 * 2/11
     assert float(ema.model.weight) == pytest.approx(2.8 * 2 / 11)
-    assert float(net.weight) == 0.0 and not ema.model.weight.requires_grad
+    assert float(net.weight.detach()) == 0.0 and not ema.model.weight.requires_grad
     other = WeightAverage(net, decay=0.5)
     other.load_state_dict(ema.state_dict())
     assert other.updates == 2 and float(other.model.weight) == pytest.approx(2.8 * 2 / 11)
