@@ -92,8 +92,9 @@ def attention_with_weights(
     """Explicit attention (the explanation path): returns ``(out, weights)``.
 
     ``q/k/v``: ``[B, H, S_q|S, dh]``; ``attn_mask``: broadcastable to ``[B, H, S_q, S]``,
-    bool (True = attend) or float (added to the scores, -inf = masked), as for SDPA.  ``weights``: softmax probabilities
-    averaged over heads, ``[B, S_q, S]`` (fp32, before dropout).
+    bool (True = attend) or float (added to the scores, -inf = masked), as for SDPA.
+    ``weights``: softmax probabilities averaged over heads, ``[B, S_q, S]`` (fp32, before
+    dropout).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale

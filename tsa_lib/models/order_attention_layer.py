@@ -82,10 +82,10 @@ class OrderAttentionLayer(nn.Module):
         if embedding.embedding_dim != dim_embed:
             raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {dim_embed}")
         self._shared = (embedding,)  # a reference, deliberately not a registered sub-module
-        self.num_heads = num_heads
-        # Recency bias per head (time_bias): score(key) += -slope_h * log1p(minutes before the
-        # target).  Slopes start geometric from 1 (sharply recent) down to ~0 (no preference),
-        # so some heads look at "the last hour" and others at the whole window; all learnable.
+        # Recency bias per head (time_bias): score(key) += -slope_h * log1p(1440 * time_seq), i.e.
+        # log1p of the minutes before the target with time in days (the default time unit).
+        # Slopes start geometric from 1 (sharply recent) down to ~0 (no preference), so some
+        # heads look at "the last hour" and others at the whole window; all learnable.
         self.time_slopes = nn.Parameter(torch.tensor([2.0 ** -i for i in range(num_heads)])) \
             if time_bias else None
         self.n_cat_features = n_cat_features
