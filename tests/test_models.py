@@ -153,10 +153,12 @@ def test_output_shapes(tiny: ModelConfig, model_type: str, use_moe: bool, use_ml
 # --------------------------------------------------------------------------- padding / empty sequences
 
 
-@pytest.mark.parametrize("model_type, time_bias", [("single_seq", False), ("two_seq", False), ("two_seq", True)])
-def test_padding_invariance(tiny: ModelConfig, model_type: str, time_bias: bool) -> None:
+@pytest.mark.parametrize("model_type, time_bias, readout", [
+    ("single_seq", False, "dummy"), ("two_seq", False, "dummy"), ("two_seq", True, "dummy"),
+    ("single_seq", False, "target"), ("two_seq", True, "target")])
+def test_padding_invariance(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, n_layers_order=2, n_layers_feature=2,
-                       time_bias=time_bias)
+                       time_bias=time_bias, readout=readout)
     model = build(cfg)
     lengths = torch.tensor([1, 3, 8, 5, 2, 0])  # includes an empty sequence (whole row padding)
     inputs = make_inputs(cfg, 6, lengths=lengths, lengths_ccid=torch.tensor([2, 0, 8, 1, 7, 4]))
@@ -311,10 +313,11 @@ def test_time_encode_formula() -> None:
 # --------------------------------------------------------------------------- gradients / determinism
 
 
-@pytest.mark.parametrize("model_type, time_bias", [("single_seq", True), ("two_seq", False)])
-def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, time_bias: bool) -> None:
+@pytest.mark.parametrize("model_type, time_bias, readout", [("single_seq", True, "target"),
+                                                            ("two_seq", False, "dummy")])
+def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, use_mlp=True, use_fm=True, n_layers_order=2,
-                       n_layers_feature=2, dropout=0.1, time_bias=time_bias)
+                       n_layers_feature=2, dropout=0.1, time_bias=time_bias, readout=readout)
     model = build(cfg, train=True)
     b = 32
     inputs = make_inputs(cfg, b, seed=1)
@@ -549,6 +552,8 @@ BAD_PRESETS = [
     ({"n_cat_features": 0}, ["n_cat_features"]),
     ({"vocab_size": "big"}, ["vocab_size", "big"]),
     ({"use_time": "yes"}, ["use_time"]),
+    ({"time_bias": "yes"}, ["time_bias"]),
+    ({"readout": "cls"}, ["readout", "cls"]),
     ({"n_layers_order": 1.5}, ["n_layers_order"]),
     ({"dim_embeding": 16}, ["dim_embeding"]),
     ({"seq_len": None}, ["seq_len"]),

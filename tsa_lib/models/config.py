@@ -103,11 +103,15 @@ class ModelConfig:
     use_fm: bool = True
     num_bias: bool = True
     time_bias: bool = False   # learnable per-head recency bias in the order attention (not in the seed)
+    # What the order attention reads out: the seed's learnable dummy token, or the target
+    # order's own token (its query asks "what in my history relates to me?"; not in the seed).
+    readout: Literal["dummy", "target"] = "dummy"
     n_classes: int = 2
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_choice("model_type", self.model_type, MODEL_TYPES)
+        check_choice("readout", self.readout, ("dummy", "target"))
         _check_int("n_cat_features", self.n_cat_features, 1)
         _check_int("n_num_features", self.n_num_features, 1)
         _check_int("n_engineered", self.n_engineered, 0)

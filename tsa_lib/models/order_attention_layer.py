@@ -13,7 +13,8 @@ Processing flow (seed design, "Order Attention Layer"):
 4. a stack of post-norm temporal attention layers with the key padding mask
    (the dummy is always a valid key, so no query row is ever fully masked) and,
    with ``time_bias``, a learnable recency bias per head on every key's score;
-5. the dummy token's output of the last layer is the order representation.
+5. the dummy token's output of the last layer is the order representation (or, with
+   ``readout="target"``, the target order's own token: not in the seed design).
 
 Padded positions never influence a valid token: they are masked as keys,
 excluded from MoE routing, and everything else is per-token.
@@ -77,11 +78,15 @@ class OrderAttentionLayer(nn.Module):
         moe_top_k: int = 2,
         grad_checkpointing: bool = False,
         time_bias: bool = False,
+        readout: str = "dummy",
     ) -> None:
         super().__init__()
         if embedding.embedding_dim != dim_embed:
             raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {dim_embed}")
         self._shared = (embedding,)  # a reference, deliberately not a registered sub-module
+        if readout not in ("dummy", "target"):
+            raise ValueError(f"readout: must be 'dummy' or 'target', got {readout!r}")
+        self.readout = readout
         # Recency bias per head (time_bias): score(key) += -slope_h * log1p(1440 * time_seq), i.e.
         # log1p of the minutes before the target with time in days (the default time unit).
         # Slopes start geometric from 1 (sharply recent) down to ~0 (no preference), so some
@@ -143,6 +148,10 @@ class OrderAttentionLayer(nn.Module):
             minutes = torch.log1p(time_seq.float().clamp_min(0.0) * 1440.0)
             minutes = torch.cat([minutes.new_zeros(minutes.shape[0], 1), minutes], dim=1)   # [B, 1 + L]
             bias = -self.time_slopes[None, :, None] * minutes[:, None, :]                  # [B, H, 1 + L]
-        rep, weights, auxes = run_layer_stack(self.layer_stack, x, key_mask, need_weights, 0, ckpt, bias)
+        readout = 0
+        if self.readout == "target":   # the last slot; zero padded tokens so an empty row reads a fixed token
+            readout = x.shape[1] - 1
+            x = x * key_mask[:, :, None].to(x.dtype)
+        rep, weights, auxes = run_layer_stack(self.layer_stack, x, key_mask, need_weights, readout, ckpt, bias)
         attn = weights[:, 1:] if weights is not None else None
         return rep, attn, auxes
