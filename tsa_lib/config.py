@@ -145,9 +145,14 @@ class ColumnsConfig:
                 seen[c] = role
 
     @property
+    def relative_only(self) -> tuple[str, ...]:
+        """Relative columns that are not also categorical (ids never embedded; nulls stay null)."""
+        return tuple(c for c in self.relative if c not in self.categorical)
+
+    @property
     def string_columns(self) -> tuple[str, ...]:
-        """Sequence columns carried as strings: categorical, then the relative ones that are not."""
-        return tuple(self.categorical) + tuple(c for c in self.relative if c not in self.categorical)
+        """Sequence columns carried as strings: categorical, then the relative-only ones."""
+        return tuple(self.categorical) + self.relative_only
 
     @property
     def sequence_columns(self) -> tuple[str, ...]:

@@ -118,7 +118,7 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) 
         *[F.coalesce(F.col(c).cast("string"), F.lit(quality.categorical_default)).alias(c)
           for c in cols.categorical],
         # null stays null: it matches nothing (a column that is categorical too has its default)
-        *[F.col(c).cast("string").alias(c) for c in cols.relative if c not in cols.categorical],
+        *[F.col(c).cast("string").alias(c) for c in cols.relative_only],
         *[F.coalesce(num[c], F.lit(float(quality.numerical_default))).alias(c) for c in cols.numerical],
     ).withColumn(DS, F.to_date(F.col(TS)))
     return Checked(clean=clean,
