@@ -153,12 +153,14 @@ def test_output_shapes(tiny: ModelConfig, model_type: str, use_moe: bool, use_ml
 # --------------------------------------------------------------------------- padding / empty sequences
 
 
-@pytest.mark.parametrize("model_type, time_bias, readout", [
-    ("single_seq", False, "dummy"), ("two_seq", False, "dummy"), ("two_seq", True, "dummy"),
-    ("single_seq", False, "target"), ("two_seq", True, "target")])
-def test_padding_invariance(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str) -> None:
+@pytest.mark.parametrize("model_type, time_bias, readout, count_pool", [
+    ("single_seq", False, "dummy", 0), ("two_seq", False, "dummy", 0), ("two_seq", True, "dummy", 0),
+    ("single_seq", False, "target", 0), ("two_seq", True, "target", 0), ("single_seq", False, "dummy", 3),
+    ("two_seq", True, "target", 4)])
+def test_padding_invariance(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str,
+                            count_pool: int) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, n_layers_order=2, n_layers_feature=2,
-                       time_bias=time_bias, readout=readout)
+                       time_bias=time_bias, readout=readout, count_pool=count_pool)
     model = build(cfg)
     lengths = torch.tensor([1, 3, 8, 5, 2, 0])  # includes an empty sequence (whole row padding)
     inputs = make_inputs(cfg, 6, lengths=lengths, lengths_ccid=torch.tensor([2, 0, 8, 1, 7, 4]))
@@ -313,11 +315,13 @@ def test_time_encode_formula() -> None:
 # --------------------------------------------------------------------------- gradients / determinism
 
 
-@pytest.mark.parametrize("model_type, time_bias, readout", [("single_seq", True, "target"),
-                                                            ("two_seq", False, "dummy")])
-def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str) -> None:
+@pytest.mark.parametrize("model_type, time_bias, readout, count_pool", [("single_seq", True, "target", 0),
+                                                                        ("two_seq", False, "dummy", 4)])
+def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str,
+                                         count_pool: int) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, use_mlp=True, use_fm=True, n_layers_order=2,
-                       n_layers_feature=2, dropout=0.1, time_bias=time_bias, readout=readout)
+                       n_layers_feature=2, dropout=0.1, time_bias=time_bias, readout=readout,
+                       count_pool=count_pool)
     model = build(cfg, train=True)
     b = 32
     inputs = make_inputs(cfg, b, seed=1)
@@ -554,6 +558,9 @@ BAD_PRESETS = [
     ({"use_time": "yes"}, ["use_time"]),
     ({"time_bias": "yes"}, ["time_bias"]),
     ({"readout": "cls"}, ["readout", "cls"]),
+    ({"count_pool": -1}, ["count_pool", "-1"]),
+    ({"count_pool": True}, ["count_pool", "True"]),
+    ({"count_pool": 2.5}, ["count_pool", "2.5"]),
     ({"n_layers_order": 1.5}, ["n_layers_order"]),
     ({"dim_embeding": 16}, ["dim_embeding"]),
     ({"seq_len": None}, ["seq_len"]),
@@ -685,3 +692,44 @@ def test_time_bias_favours_recent_orders_exactly() -> None:
     out_fast = layer(x, mask, key_bias=bias)[0]
     out_slow = layer(x, mask, need_weights=True, key_bias=bias)[0]
     torch.testing.assert_close(out_fast, out_slow)
+
+
+def test_count_pool_adds_exact_counts_of_past_orders() -> None:
+    """count_pool: rep gains Linear(log1p(sum over PAST orders of sigmoid(gate(token)))); the target
+    and padding never count.  With gates saturated at 1 the counts are the number of past orders."""
+    from tsa_lib.models.order_attention_layer import OrderAttentionLayer
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 8, padding_idx=0)
+    layer = OrderAttentionLayer(2, 1, 5, 8, 2, 16, 1, emb, dropout=0.0, count_pool=2).eval()
+    mask = torch.tensor([[False, False, False, False, True],     # target only: no past order
+                         [False, False, True, True, True],       # two past orders
+                         [True, True, True, True, True]])       # four past orders
+    x_cat = torch.where(mask[:, :, None], torch.randint(2, 10, (3, 5, 2)), 0)
+    x_num = torch.where(mask[:, :, None], torch.rand(3, 5, 1), 0.0)
+    t = torch.where(mask, torch.rand(3, 5), 0.0)
+    with torch.no_grad():
+        layer.count_gate.weight.zero_()
+        layer.count_gate.bias.fill_(30.0)                         # sigmoid(30) == 1.0 in float32
+        layer.count_proj.weight.copy_(torch.tensor([[1.0, 0.0]] * 8))
+        layer.count_proj.bias.zero_()
+        layer.count_proj.bias[0] = 0.5
+        rep = layer(x_cat, x_num, t, mask)[0]
+        layer.count_proj.weight.zero_()
+        layer.count_proj.bias.zero_()
+        base = layer(x_cat, x_num, t, mask)[0]
+    added = rep - base
+    expected = torch.log1p(torch.tensor([0.0, 2.0, 4.0]))[:, None].expand(3, 8).clone()
+    expected[:, 0] += 0.5
+    torch.testing.assert_close(added, expected)
+    # padded values never count, whatever they hold
+    x_cat2 = torch.where(mask[:, :, None], x_cat, 7)
+    with torch.no_grad():
+        layer.count_gate.bias.fill_(0.0)
+        layer.count_gate.weight.normal_()
+        layer.count_proj.weight.normal_()
+        a = layer(x_cat, x_num, t, mask)[0]
+        b = layer(x_cat2, torch.where(mask[:, :, None], x_num, 1e6), torch.where(mask, t, 99.0), mask)[0]
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="count_pool.*-2"):
+        OrderAttentionLayer(2, 1, 5, 8, 2, 16, 1, emb, count_pool=-2)

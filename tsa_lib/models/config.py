@@ -106,6 +106,9 @@ class ModelConfig:
     # What the order attention reads out: the seed's learnable dummy token, or the target
     # order's own token (its query asks "what in my history relates to me?"; not in the seed).
     readout: Literal["dummy", "target"] = "dummy"
+    # K > 0: K learned soft counts over the past orders added to the order representation
+    # (softmax attention cannot count; not in the seed).  0 = off.
+    count_pool: int = 0
     n_classes: int = 2
     grad_checkpointing: bool = False
 
@@ -133,6 +136,7 @@ class ModelConfig:
                      "time_bias", "grad_checkpointing"):
             _check_bool(name, getattr(self, name))
         _check_int("dim_mlp", self.dim_mlp, 1)
+        _check_int("count_pool", self.count_pool, 0)
         _check_int("num_experts", self.num_experts, 1)
         _check_int("moe_top_k", self.moe_top_k, 1)
         if self.moe_top_k > self.num_experts:

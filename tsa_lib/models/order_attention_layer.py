@@ -14,7 +14,11 @@ Processing flow (seed design, "Order Attention Layer"):
    (the dummy is always a valid key, so no query row is ever fully masked) and,
    with ``time_bias``, a learnable recency bias per head on every key's score;
 5. the dummy token's output of the last layer is the order representation (or, with
-   ``readout="target"``, the target order's own token: not in the seed design).
+   ``readout="target"``, the target order's own token: not in the seed design);
+6. with ``count_pool = K > 0`` (not in the seed design), K soft counts over the past orders'
+   tokens, ``c_k = sum_i sigmoid(w_k . h_i + b_k)``, are added to the representation as
+   ``Linear(log1p(c))``.  Softmax attention averages, so it cannot count ("three orders in
+   the last hour" and "one" look alike once normalised); a sum of per-order gates can.
 
 Padded positions never influence a valid token: they are masked as keys,
 excluded from MoE routing, and everything else is per-token.
@@ -79,6 +83,7 @@ class OrderAttentionLayer(nn.Module):
         grad_checkpointing: bool = False,
         time_bias: bool = False,
         readout: str = "dummy",
+        count_pool: int = 0,
     ) -> None:
         super().__init__()
         if embedding.embedding_dim != dim_embed:
@@ -87,6 +92,12 @@ class OrderAttentionLayer(nn.Module):
         if readout not in ("dummy", "target"):
             raise ValueError(f"readout: must be 'dummy' or 'target', got {readout!r}")
         self.readout = readout
+        if isinstance(count_pool, bool) or not isinstance(count_pool, int) or count_pool < 0:
+            raise ValueError(f"count_pool: must be an integer >= 0, got {count_pool!r}")
+        # Soft counts over the past orders (count_pool = K): K learned per-order conditions, each
+        # summed over the valid past orders, read into the representation through log1p.
+        self.count_gate = nn.Linear(dim_embed, count_pool) if count_pool else None
+        self.count_proj = nn.Linear(count_pool, dim_embed) if count_pool else None
         # Recency bias per head (time_bias): score(key) += -slope_h * log1p(1440 * time_seq), i.e.
         # log1p of the minutes before the target with time in days (the default time unit).
         # Slopes start geometric from 1 (sharply recent) down to ~0 (no preference), so some
@@ -152,6 +163,14 @@ class OrderAttentionLayer(nn.Module):
         if self.readout == "target":   # the last slot; zero padded tokens so an empty row reads a fixed token
             readout = x.shape[1] - 1
             x = x * key_mask[:, :, None].to(x.dtype)
+        counts = None
+        if self.count_gate is not None:   # past orders only: padding and the target (last slot) excluded
+            past = mask.clone()
+            past[:, -1] = False
+            gates = torch.sigmoid(self.count_gate(x[:, 1:]))                      # [B, L, K]
+            counts = (gates * past[:, :, None].to(gates.dtype)).sum(dim=1)        # [B, K]
         rep, weights, auxes = run_layer_stack(self.layer_stack, x, key_mask, need_weights, readout, ckpt, bias)
+        if counts is not None:
+            rep = rep + self.count_proj(torch.log1p(counts))
         attn = weights[:, 1:] if weights is not None else None
         return rep, attn, auxes
