@@ -157,10 +157,11 @@ def test_output_shapes(tiny: ModelConfig, model_type: str, use_moe: bool, use_ml
     ("single_seq", False, "dummy", 0), ("two_seq", False, "dummy", 0), ("two_seq", True, "dummy", 0),
     ("single_seq", False, "target", 0), ("two_seq", True, "target", 0), ("single_seq", False, "dummy", 3),
     ("two_seq", True, "target", 4)])
+@pytest.mark.parametrize("num_embedding", ["linear", "periodic"])
 def test_padding_invariance(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str,
-                            count_pool: int) -> None:
+                            count_pool: int, num_embedding: str) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, n_layers_order=2, n_layers_feature=2,
-                       time_bias=time_bias, readout=readout, count_pool=count_pool)
+                       time_bias=time_bias, readout=readout, count_pool=count_pool, num_embedding=num_embedding)
     model = build(cfg)
     lengths = torch.tensor([1, 3, 8, 5, 2, 0])  # includes an empty sequence (whole row padding)
     inputs = make_inputs(cfg, 6, lengths=lengths, lengths_ccid=torch.tensor([2, 0, 8, 1, 7, 4]))
@@ -315,13 +316,13 @@ def test_time_encode_formula() -> None:
 # --------------------------------------------------------------------------- gradients / determinism
 
 
-@pytest.mark.parametrize("model_type, time_bias, readout, count_pool", [("single_seq", True, "target", 0),
-                                                                        ("two_seq", False, "dummy", 4)])
+@pytest.mark.parametrize("model_type, time_bias, readout, count_pool, num_embedding", [
+    ("single_seq", True, "target", 0, "linear"), ("two_seq", False, "dummy", 4, "periodic")])
 def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str,
-                                         count_pool: int) -> None:
+                                         count_pool: int, num_embedding: str) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, use_mlp=True, use_fm=True, n_layers_order=2,
                        n_layers_feature=2, dropout=0.1, time_bias=time_bias, readout=readout,
-                       count_pool=count_pool)
+                       count_pool=count_pool, num_embedding=num_embedding)
     model = build(cfg, train=True)
     b = 32
     inputs = make_inputs(cfg, b, seed=1)
@@ -561,6 +562,7 @@ BAD_PRESETS = [
     ({"count_pool": -1}, ["count_pool", "-1"]),
     ({"count_pool": True}, ["count_pool", "True"]),
     ({"count_pool": 2.5}, ["count_pool", "2.5"]),
+    ({"num_embedding": "log"}, ["num_embedding", "log"]),
     ({"n_layers_order": 1.5}, ["n_layers_order"]),
     ({"dim_embeding": 16}, ["dim_embeding"]),
     ({"seq_len": None}, ["seq_len"]),
@@ -733,3 +735,30 @@ def test_count_pool_adds_exact_counts_of_past_orders() -> None:
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="count_pool.*-2"):
         OrderAttentionLayer(2, 1, 5, 8, 2, 16, 1, emb, count_pool=-2)
+
+
+def test_periodic_embedding_exact_values() -> None:
+    """PeriodicEmbedding: ReLU([sin(2 pi c v), cos(2 pi c v)] @ W_f + b_f), per feature."""
+    import math
+
+    from tsa_lib.models.layers import PeriodicEmbedding, numerical_embedding
+
+    emb = PeriodicEmbedding(2, 3, n_frequencies=1, sigma=1.0)
+    with torch.no_grad():
+        emb.freq.copy_(torch.tensor([[0.25], [0.5]]))
+        emb.weight.copy_(torch.tensor([[[1.0, -1.0, 2.0], [0.0, 1.0, 0.0]],
+                                       [[0.5, 0.0, -1.0], [1.0, 1.0, 1.0]]]))
+        emb.bias.copy_(torch.tensor([[0.0, 0.0, -5.0], [0.1, 0.0, 0.0]]))
+    x = torch.tensor([[1.0, 0.5]])          # feature 0: 2 pi * 0.25 = pi/2; feature 1: 2 pi * 0.25 = pi/2
+    out = emb(x)
+    s, c = math.sin(math.pi / 2), math.cos(math.pi / 2)
+    expected = torch.tensor([[[max(s, 0.0), max(-s + c, 0.0), max(2 * s - 5.0, 0.0)],
+                              [max(0.5 * s + c + 0.1, 0.0), max(c, 0.0), max(-s + c, 0.0)]]])
+    torch.testing.assert_close(out, expected)
+    assert out.shape == (1, 2, 3)
+    with pytest.raises(ValueError, match="n_frequencies.*0"):
+        PeriodicEmbedding(2, 3, n_frequencies=0)
+    with pytest.raises(ValueError, match="sigma.*-1"):
+        PeriodicEmbedding(2, 3, sigma=-1.0)
+    with pytest.raises(ValueError, match="num_embedding.*'log'"):
+        numerical_embedding("log", 2, 3)

@@ -109,12 +109,16 @@ class ModelConfig:
     # K > 0: K learned soft counts over the past orders added to the order representation
     # (softmax attention cannot count; not in the seed).  0 = off.
     count_pool: int = 0
+    # Numerical values as the seed's linear embeddings v * W_f + b_f, or as periodic ones
+    # (ReLU(Linear(sin/cos of 16 learned frequencies)); not in the seed).
+    num_embedding: Literal["linear", "periodic"] = "linear"
     n_classes: int = 2
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_choice("model_type", self.model_type, MODEL_TYPES)
         check_choice("readout", self.readout, ("dummy", "target"))
+        check_choice("num_embedding", self.num_embedding, ("linear", "periodic"))
         _check_int("n_cat_features", self.n_cat_features, 1)
         _check_int("n_num_features", self.n_num_features, 1)
         _check_int("n_engineered", self.n_engineered, 0)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from tsa_lib.models.layers import (
     AttentionLayerPreNorm,
-    NumericalEmbedding,
+    numerical_embedding,
     compute_fm_parallel,
     run_layer_stack,
 )
@@ -62,6 +62,7 @@ class FeatureAttentionLayer(nn.Module):
         num_experts: int = 5,
         moe_top_k: int = 2,
         grad_checkpointing: bool = False,
+        num_embedding: str = "linear",
     ) -> None:
         super().__init__()
         if embedding.embedding_dim != dim_embed:
@@ -75,9 +76,9 @@ class FeatureAttentionLayer(nn.Module):
         self.use_fm = use_fm
         self.grad_checkpointing = grad_checkpointing
         self.cat_column_embedding = nn.Parameter(torch.randn(n_cat_features, dim_embed) * 0.1)
-        self.num_embedding = NumericalEmbedding(n_num_features, dim_embed, bias=num_bias)
+        self.num_embedding = numerical_embedding(num_embedding, n_num_features, dim_embed, bias=num_bias)
         self.embedding_engineered = (
-            NumericalEmbedding(n_engineered, dim_embed, bias=num_bias) if n_engineered > 0 else None
+            numerical_embedding(num_embedding, n_engineered, dim_embed, bias=num_bias) if n_engineered > 0 else None
         )
         self.dummy_feature = nn.Parameter(torch.rand(1, dim_embed))
         self.layer_stack_feature = nn.ModuleList(

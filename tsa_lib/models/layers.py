@@ -37,6 +37,8 @@ __all__ = [
     "AttentionLayerPreNorm",
     "FeatureAggregationMLP",
     "NumericalEmbedding",
+    "PeriodicEmbedding",
+    "numerical_embedding",
     "compute_fm_parallel",
     "attention_with_weights",
     "run_layer_stack",
@@ -376,6 +378,44 @@ class NumericalEmbedding(nn.Module):
         """``[..., n] -> [..., n, D]``."""
         out = x.unsqueeze(-1) * self.weight
         return out + self.bias if self.bias is not None else out
+
+
+class PeriodicEmbedding(nn.Module):
+    """Periodic numerical embeddings (not in the seed; Gorishniy et al. 2022, "PLR"):
+    feature ``f`` with value ``v`` -> ``ReLU([sin(2 pi c_f v), cos(2 pi c_f v)] @ W_f + b_f)``.
+
+    ``c_f`` (``n_frequencies`` per feature) start as ``N(0, sigma)`` and are learned.  A linear
+    embedding ``v * W_f`` gives the next layer one direction per feature, so a sharp threshold
+    ("amount ratio above 1.4", "under an hour") has to be built from a few ReLUs; periodic
+    features give it many, which is what lets neural models approach trees on such inputs.
+    """
+
+    def __init__(self, n_features: int, dim: int, n_frequencies: int = 16, sigma: float = 4.0) -> None:
+        super().__init__()
+        if n_frequencies < 1:
+            raise ValueError(f"n_frequencies: must be >= 1, got {n_frequencies!r}")
+        if not sigma > 0:
+            raise ValueError(f"sigma: must be > 0, got {sigma!r}")
+        self.n_features = n_features
+        self.freq = nn.Parameter(torch.randn(n_features, n_frequencies) * sigma)
+        bound = 1.0 / math.sqrt(2 * n_frequencies)
+        self.weight = nn.Parameter(torch.empty(n_features, 2 * n_frequencies, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[..., n] -> [..., n, D]``."""
+        z = (2.0 * math.pi) * x.unsqueeze(-1) * self.freq.to(x.dtype)          # [..., n, K]
+        p = torch.cat([torch.sin(z), torch.cos(z)], dim=-1)                      # [..., n, 2K]
+        return F.relu(torch.einsum("...fk,fkd->...fd", p, self.weight.to(p.dtype)) + self.bias.to(p.dtype))
+
+
+def numerical_embedding(kind: str, n_features: int, dim: int, bias: bool = True) -> nn.Module:
+    """``NumericalEmbedding`` (``kind="linear"``, the seed's) or ``PeriodicEmbedding`` (``"periodic"``)."""
+    if kind == "linear":
+        return NumericalEmbedding(n_features, dim, bias=bias)
+    if kind == "periodic":
+        return PeriodicEmbedding(n_features, dim)
+    raise ValueError(f"num_embedding: must be 'linear' or 'periodic', got {kind!r}")
 
 
 class FeatureAggregationMLP(nn.Module):

@@ -3,7 +3,8 @@
 Processing flow (seed design, "Order Attention Layer"):
 
 1. embedding: categorical values through the model's shared table, numerical
-   values through per-feature embeddings ``v * W_f (+ b_f)``;
+   values through per-feature embeddings ``v * W_f (+ b_f)`` (or, with
+   ``num_embedding="periodic"``, ``PeriodicEmbedding``: not in the seed design);
 2. feature aggregation: ``FeatureAggregationMLP`` for the categorical and for the
    numerical embeddings of each order, summed into one token per order;
 3. sequence formation: the token gets the time encoding of its age
@@ -38,6 +39,7 @@ from tsa_lib.models.layers import (
     FeatureAggregationMLP,
     NumericalEmbedding,
     TimeEncode,
+    numerical_embedding,
     run_layer_stack,
 )
 
@@ -84,6 +86,7 @@ class OrderAttentionLayer(nn.Module):
         time_bias: bool = False,
         readout: str = "dummy",
         count_pool: int = 0,
+        num_embedding: str = "linear",
     ) -> None:
         super().__init__()
         if embedding.embedding_dim != dim_embed:
@@ -110,7 +113,7 @@ class OrderAttentionLayer(nn.Module):
         self.dim_embed = dim_embed
         self.use_time = use_time
         self.grad_checkpointing = grad_checkpointing
-        self.num_embedding = NumericalEmbedding(n_num_features, dim_embed, bias=num_bias)
+        self.num_embedding = numerical_embedding(num_embedding, n_num_features, dim_embed, bias=num_bias)
         self.feature_aggregation_cat = FeatureAggregationMLP(n_cat_features, dim_embed)
         self.feature_aggregation_num = FeatureAggregationMLP(n_num_features, dim_embed)
         self.time_encoder = TimeEncode(dim_embed) if use_time else None
@@ -129,7 +132,10 @@ class OrderAttentionLayer(nn.Module):
         """Per-order tokens with the dummy in front: ``[B, 1 + L, D]``."""
         b = x_cat.shape[0]
         h = self.feature_aggregation_cat(F.embedding(x_cat, emb_weight, padding_idx=0))
-        h = h + self.feature_aggregation_num.forward_numerical(x_num, self.num_embedding)
+        if isinstance(self.num_embedding, NumericalEmbedding):   # linear: fused, no [B, L, F, D] tensor
+            h = h + self.feature_aggregation_num.forward_numerical(x_num, self.num_embedding)
+        else:
+            h = h + self.feature_aggregation_num(self.num_embedding(x_num))
         if self.time_encoder is not None:
             h = h + self.time_encoder(torch.log1p(time_seq.float().clamp_min(0.0)))
         if self.position is not None:
