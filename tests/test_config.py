@@ -95,6 +95,8 @@ def test_categorical_column_may_also_be_relative(tmp_path: Path) -> None:
     (lambda d: d["input"].update(transactions={"table": "a.b;drop"}), "'a.b;drop'"),
     (lambda d: d["input"].update(transactions={"path": "x", "format": "csv"}), "'csv'"),
     (lambda d: d["sequences"].update(max_len=-1), "sequences.max_len"),
+    (lambda d: d["sequences"].update(build_groups=0), "sequences.build_groups"),
+    (lambda d: d["sequences"].update(build_groups="many"), "sequences.build_groups"),
     (lambda d: d["quality"].update(numeric_ranges={"amount": [5, 1]}), "quality.numeric_ranges.amount"),
     (lambda d: d["quality"].update(numeric_ranges={"nope": [0, 1]}), "'nope'"),
     (lambda d: d["generator"].update(fraud_rate=0.9), "generator.fraud_rate"),

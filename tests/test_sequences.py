@@ -224,3 +224,44 @@ def test_property_point_in_time(spark, data) -> None:  # type: ignore[no-untyped
         for target, window in got.items():  # no future (or simultaneous) order in any history
             assert all(ts[h] < ts[target] for h in window[:-1])
             assert len(window) <= max_len + 1
+
+
+def test_cached_multi_partition_input_builds_whole_histories(spark) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the job caches its clean orders.  With Spark 4.2's adaptive execution, the
+    previous ``repartition(entity)`` + ``mapInArrow`` plan read that repartition with a *local*
+    shuffle reader after the broadcast semi-join on active entities, so one entity's orders were
+    spread over partitions and each piece was built as if it were the whole history.  Build the
+    job's plan on a cached, multi-partition input and check every window against brute force.
+
+    On 200k orders Spark chooses that plan by itself; on this tiny input the settings below make it
+    (a sort-merge semi-join planned statically, turned into a broadcast one at run time, shuffle
+    partitions not coalesced).  The old plan fails this test: every customer in both partitions."""
+    from pyspark import StorageLevel
+
+    conf = {"spark.sql.autoBroadcastJoinThreshold": "-1", "spark.sql.adaptive.autoBroadcastJoinThreshold": "10MB",
+            "spark.sql.adaptive.coalescePartitions.enabled": "false"}
+    before = {k: spark.conf.get(k, None) for k in conf}
+    for k, v in conf.items():
+        spark.conf.set(k, v)
+
+    base = dt.datetime(2026, 3, 1)
+    rows = [(i + 1, f"c{i % 40}", f"k{i % 55}", base + dt.timedelta(minutes=37 * i), "m", float(i % 97), 0)
+            for i in range(900)]                                   # 40 customers, 55 cards over ~23 days
+    targets = {dt.date(2026, 3, 20), dt.date(2026, 3, 21), dt.date(2026, 3, 22)}
+    max_len = 6
+    seq = SequenceConfig(max_len=max_len, max_history_days=30.0, build_groups=3)
+    df = spark.createDataFrame(rows, _schema()).repartition(4)    # several input partitions
+    clean = check_quality(df, COLS, QualityConfig()).clean.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        assert clean.count() == len(rows)
+        for entity, key in (("customer", 1), ("card", 2)):
+            res = build_sequences(clean, sorted(targets), entity, COLS, seq, "p")  # type: ignore[arg-type]
+            table = res.rows.toArrow()
+            assert len(set(zip(table.column("entity_id").to_pylist(), table.column("ds").to_pylist()))) \
+                == table.num_rows                                   # one row per (entity, ds)
+            got = window_order_ids(table, max_len, 30.0 * 86400)
+            assert got == _brute_windows(rows, key, targets, max_len, 30.0 * 86400)
+    finally:
+        clean.unpersist()
+        for k, v in before.items():
+            spark.conf.unset(k) if v is None else spark.conf.set(k, v)

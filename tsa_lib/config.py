@@ -205,9 +205,13 @@ class SequenceConfig:
     max_history_days: Optional[float] = 365.0
     max_orders_per_entity_day: int = 1000
     time_unit_seconds: float = 86400.0
+    # Entities are hashed into this many groups; each group's orders (over the lookback) are
+    # built whole in one Python call, so orders / build_groups must fit a Python worker.
+    build_groups: int = 256
 
     def __post_init__(self) -> None:
         check_positive("sequences.max_len", self.max_len)
+        check_positive("sequences.build_groups", self.build_groups)
         if self.max_history_days is not None:
             check_positive("sequences.max_history_days", self.max_history_days)
         check_positive("sequences.max_orders_per_entity_day", self.max_orders_per_entity_day)

@@ -1,7 +1,7 @@
 """Build (entity, ds) sequence rows from orders sorted by (entity, time, order id): numpy/Arrow.
 
 This is the inner loop of the build-sequences job (run inside Spark's
-``mapInArrow``, one partition hashed by entity at a time) and of the
+``groupBy().applyInArrow``, one group of entities at a time) and of the
 single-process reference in ``bench/``.  No Python loop per row or per entity.
 
 For every (entity, target day) group the row holds:
@@ -16,7 +16,7 @@ covers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -117,52 +117,6 @@ def build_rows(tbl: pa.Table, spec: RowSpec) -> pa.Table:
         "ds": pa.array(day[starts].astype("datetime64[D]"), type=pa.date32()),
     }
     return pa.Table.from_pydict(cols, schema=schema)
-
-
-def build_rows_streaming(batches: Iterator[pa.RecordBatch], spec: RowSpec) -> Iterator[pa.RecordBatch]:
-    """``build_rows`` over a stream sorted by (key, ts, order id) whose entities may span batches.
-
-    The last entity of each batch is carried into the next one, so every entity
-    is built whole.  Carried rows are trimmed to what can still matter (the last
-    ``max_len`` orders of each non-target day plus all target-day orders), so a
-    hot entity cannot grow the carry without bound.
-    """
-    carry: Optional[pa.Table] = None
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        tbl = pa.Table.from_batches([batch])
-        if carry is not None and carry.num_rows:
-            tbl = pa.concat_tables([carry, tbl])
-        key = tbl.column(spec.key).combine_chunks()
-        n = tbl.num_rows
-        last_key = key[n - 1]
-        same = pc.equal(key, last_key).to_numpy(zero_copy_only=False)
-        cut = int(np.flatnonzero(~same)[-1]) + 1 if (~same).any() else 0
-        done, carry = tbl.slice(0, cut), _trim(tbl.slice(cut), spec)
-        if done.num_rows:
-            yield from build_rows(done, spec).to_batches()
-    if carry is not None and carry.num_rows:
-        yield from build_rows(carry, spec).to_batches()
-
-
-def _trim(tbl: pa.Table, spec: RowSpec) -> pa.Table:
-    """Keep, of one entity's rows, what can still matter: the last max_len orders of every day
-    (history for later days) and the first ``cap`` orders of target days (the targets)."""
-    n = tbl.num_rows
-    if n <= spec.max_len:
-        return tbl
-    day = np.floor_divide(pc.cast(tbl.column(spec.ts), pa.timestamp("us")).cast(pa.int64()).to_numpy(),
-                          US_PER_DAY)
-    pos = np.arange(n)
-    first_of_day = _starts(day[1:] != day[:-1], n)
-    last_of_day = np.ones(n, dtype=bool)
-    last_of_day[:-1] = day[1:] != day[:-1]
-    day_start = np.maximum.accumulate(np.where(first_of_day, pos, 0))
-    day_end = np.minimum.accumulate(np.where(last_of_day, pos, n)[::-1])[::-1]
-    is_target = np.isin(day, np.asarray(spec.target_days, dtype=np.int64))
-    keep = (is_target & (pos - day_start < spec.cap)) | (day_end - pos < spec.max_len)
-    return tbl if keep.all() else tbl.filter(pa.array(keep))
 
 
 def sort_for_build(tbl: pa.Table, spec: RowSpec) -> pa.Table:
