@@ -92,7 +92,7 @@ def main() -> None:
             res["ref_build_s"] = round(time.perf_counter() - t0, 2)
             pq.write_table(ref, work / "ref_customer.parquet")
         res.update(ref_rows=ref.num_rows, ref_targets=int(pc.sum(ref["n_targets"]).as_py()),
-                   ref_peak_gb=mem.gb)
+                   ref_context=int(pc.sum(ref["n_context"]).as_py()), ref_peak_gb=mem.gb)
         del ref, tbl
 
     from tsa_lib.spark.build_sequences import run_build_sequences
@@ -117,12 +117,25 @@ def main() -> None:
         res["job_customer_peak_gb"] = mem.gb
 
     if "full" not in args.skip:
+        from pyspark.sql import functions as F
+
         ctx = RunContext(job="build_sequences", run_id="bench", dates=tuple(dates),
                          started_at=dt.datetime.now(dt.timezone.utc))
         with PeakMemory() as mem, timed(res, "job_full_s"):
             s = run_build_sequences(spark, cfg, ctx)
         res.update(job_full_peak_gb=mem.gb, job_full_targets=s.clean_targets,
                    job_full_rows=s.entity_rows)
+        # the job's output must be the reference's: same rows, same history lengths (a plan that
+        # split an entity over partitions once built each piece as a whole history)
+        got = (spark.read.format("delta").load(cfg.storage.table_path("sequences_customer"))
+               .agg(F.count("*").alias("rows"), F.sum("n_context").alias("ctx")).first())
+        res.update(job_full_customer_context=int(got["ctx"] or 0))
+        if "ref_context" in res:
+            res["job_full_matches_reference"] = (int(got["rows"]), int(got["ctx"] or 0)) == \
+                (res["ref_rows"], res["ref_context"])
+            if not res["job_full_matches_reference"]:
+                log.error("job rows/context %s != reference %s", (got["rows"], got["ctx"]),
+                          (res["ref_rows"], res["ref_context"]))
         # the nightly case: one run date, 365 days of lookback
         night = RunContext(job="build_sequences", run_id="night", dates=(dates[-2],),
                            started_at=dt.datetime.now(dt.timezone.utc))
