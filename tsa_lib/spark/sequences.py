@@ -23,12 +23,14 @@ orders by that hash (``groupBy().applyInArrow``) and numpy sorts each group by
 Grouping is a logical guarantee: every order of an entity reaches the same call.
 The previous version relied on a physical one (``repartition(entity)`` then
 ``sortWithinPartitions`` and ``mapInArrow``), and Spark 4.2 with adaptive execution
-broke it: when the orders come from a cached DataFrame and pass a broadcast
-semi-join, AQE reads that repartition with a *local* shuffle reader, so one
-entity's orders were spread over several partitions and each piece was built
-as if it were the whole history (on the 20k-customer quality bench, 59% of
-the customer rows missed past orders).  ``tests/test_spark_sequences.py`` runs
-that plan and checks every row against a single-process build.
+broke it: the job's orders come from a cached DataFrame through a semi-join with
+the active entities; Spark planned that join as a sort-merge join, took the
+repartition as already satisfied by the join's shuffle, then turned the join into
+a broadcast join at run time and read that shuffle with a *local* reader.  One
+entity's orders were spread over several partitions and each piece was built as
+if it were the whole history (on the 20k-customer quality bench, 59% of the
+examples missed past orders).  ``tests/test_sequences.py`` forces that plan and
+checks every window against a brute-force build.
 A first version with Spark higher-order functions over ``collect_list`` arrays
 had not finished the customer sequences of 2M orders after 3 minutes (on a
 loaded machine) and was dropped.  Labels never enter this table.
