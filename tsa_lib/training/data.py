@@ -92,12 +92,10 @@ class TensorData:
         t: dict[str, torch.Tensor] = {}
         for f in TENSOR_FIELDS:
             arr = getattr(batch, f)
-            if f.endswith("_mask"):
-                t[f] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.bool_))
-            elif f.endswith("_cat") or f == "label":
-                t[f] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
-            else:
-                t[f] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            dtype = np.bool_ if f.endswith("_mask") else np.int64 if (f.endswith("_cat") or f == "label") \
+                else np.float32
+            # writable and contiguous: Arrow-backed arrays are read-only views, which torch warns about
+            t[f] = torch.from_numpy(np.require(arr, dtype=dtype, requirements=["C", "W"]))
         size = sum(x.numel() * x.element_size() for x in t.values())
         on_device = device.type != "cpu" and size <= max_device_bytes
         if on_device:
