@@ -240,19 +240,19 @@ def test_cached_multi_partition_input_builds_whole_histories(spark) -> None:  # 
 
     conf = {"spark.sql.autoBroadcastJoinThreshold": "-1", "spark.sql.adaptive.autoBroadcastJoinThreshold": "10MB",
             "spark.sql.adaptive.coalescePartitions.enabled": "false"}
-    before = {k: spark.conf.get(k, None) for k in conf}
-    for k, v in conf.items():
-        spark.conf.set(k, v)
-
     base = dt.datetime(2026, 3, 1)
     rows = [(i + 1, f"c{i % 40}", f"k{i % 55}", base + dt.timedelta(minutes=37 * i), "m", float(i % 97), 0)
             for i in range(900)]                                   # 40 customers, 55 cards over ~23 days
     targets = {dt.date(2026, 3, 20), dt.date(2026, 3, 21), dt.date(2026, 3, 22)}
     max_len = 6
     seq = SequenceConfig(max_len=max_len, max_history_days=30.0, build_groups=3)
-    df = spark.createDataFrame(rows, _schema()).repartition(4)    # several input partitions
-    clean = check_quality(df, COLS, QualityConfig()).clean.persist(StorageLevel.MEMORY_AND_DISK)
+    before = {k: spark.conf.get(k, None) for k in conf}
+    clean = None
     try:
+        for k, v in conf.items():
+            spark.conf.set(k, v)
+        df = spark.createDataFrame(rows, _schema()).repartition(4)    # several input partitions
+        clean = check_quality(df, COLS, QualityConfig()).clean.persist(StorageLevel.MEMORY_AND_DISK)
         assert clean.count() == len(rows)
         for entity, key in (("customer", 1), ("card", 2)):
             res = build_sequences(clean, sorted(targets), entity, COLS, seq, "p")  # type: ignore[arg-type]
@@ -262,6 +262,7 @@ def test_cached_multi_partition_input_builds_whole_histories(spark) -> None:  # 
             got = window_order_ids(table, max_len, 30.0 * 86400)
             assert got == _brute_windows(rows, key, targets, max_len, 30.0 * 86400)
     finally:
-        clean.unpersist()
+        if clean is not None:
+            clean.unpersist()
         for k, v in before.items():
             spark.conf.unset(k) if v is None else spark.conf.set(k, v)
