@@ -756,6 +756,8 @@ def test_periodic_embedding_exact_values() -> None:
                               [max(0.5 * s + c + 0.1, 0.0), max(c, 0.0), max(-s + c, 0.0)]]])
     torch.testing.assert_close(out, expected)
     assert out.shape == (1, 2, 3)
+    nob = numerical_embedding("periodic", 2, 3, bias=False)       # num_bias: false reaches it too
+    assert nob.bias is None and (nob(x) >= 0).all()
     with pytest.raises(ValueError, match="n_frequencies.*0"):
         PeriodicEmbedding(2, 3, n_frequencies=0)
     with pytest.raises(ValueError, match="sigma.*-1"):

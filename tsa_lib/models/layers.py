@@ -390,7 +390,8 @@ class PeriodicEmbedding(nn.Module):
     features give it many, which is what lets neural models approach trees on such inputs.
     """
 
-    def __init__(self, n_features: int, dim: int, n_frequencies: int = 16, sigma: float = 4.0) -> None:
+    def __init__(self, n_features: int, dim: int, n_frequencies: int = 16, sigma: float = 4.0,
+                 bias: bool = True) -> None:
         super().__init__()
         if n_frequencies < 1:
             raise ValueError(f"n_frequencies: must be >= 1, got {n_frequencies!r}")
@@ -400,13 +401,14 @@ class PeriodicEmbedding(nn.Module):
         self.freq = nn.Parameter(torch.randn(n_features, n_frequencies) * sigma)
         bound = 1.0 / math.sqrt(2 * n_frequencies)
         self.weight = nn.Parameter(torch.empty(n_features, 2 * n_frequencies, dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         """``[..., n] -> [..., n, D]``."""
         z = (2.0 * math.pi) * x.unsqueeze(-1) * self.freq.to(x.dtype)          # [..., n, K]
         p = torch.cat([torch.sin(z), torch.cos(z)], dim=-1)                      # [..., n, 2K]
-        return F.relu(torch.einsum("...fk,fkd->...fd", p, self.weight.to(p.dtype)) + self.bias.to(p.dtype))
+        out = torch.einsum("...fk,fkd->...fd", p, self.weight.to(p.dtype))
+        return F.relu(out + self.bias.to(p.dtype) if self.bias is not None else out)
 
 
 def numerical_embedding(kind: str, n_features: int, dim: int, bias: bool = True) -> nn.Module:
@@ -414,7 +416,7 @@ def numerical_embedding(kind: str, n_features: int, dim: int, bias: bool = True)
     if kind == "linear":
         return NumericalEmbedding(n_features, dim, bias=bias)
     if kind == "periodic":
-        return PeriodicEmbedding(n_features, dim)
+        return PeriodicEmbedding(n_features, dim, bias=bias)
     raise ValueError(f"num_embedding: must be 'linear' or 'periodic', got {kind!r}")
 
 

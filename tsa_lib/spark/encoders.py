@@ -40,22 +40,19 @@ def _scalers(df: "DataFrame", columns: tuple[str, ...], cfg: SuiteConfig) -> dic
         bounds[c] = (float(q[0]), float(q[1])) if q and q[0] is not None else (0.0, 0.0)
         if q is None or q[0] is None:
             log.warning("column %s has no finite values in the fit window: it will encode as 0", c)
-    moments = {c: (0.0, 0.0) for c in columns}
+    moments = {c: (0.0, 0.0) for c in columns}   # (mean, std); std 0 means min-max
     if e.scaling == "standard":   # mean and std of the values as the encoder sees them: clipped
         clipped = {c: F.least(F.greatest(values[c], F.lit(bounds[c][0])), F.lit(bounds[c][1])) for c in columns}
         mrow = df.agg(*[F.avg(clipped[c]).alias(f"{c}__mean") for c in columns],
                       *[F.stddev_pop(clipped[c]).alias(f"{c}__std") for c in columns]).first()
         for c in columns:
             mean, std = mrow[f"{c}__mean"], mrow[f"{c}__std"]
-            moments[c] = (float(mean), float(std)) if mean is not None and std is not None and std > 0 \
-                else (float(mean or 0.0), 0.0)
+            if mean is not None and std:   # a constant or empty column keeps min-max: it encodes as 0
+                moments[c] = (float(mean), float(std))
     out = {}
     for c in columns:
-        lo, hi = bounds[c]
-        mean, std = moments[c]
-        if e.scaling == "standard" and std == 0.0:
-            lo = hi = mean   # a constant column: min-max with an empty span encodes it as 0
-        out[c] = Scaler(lo=lo, hi=hi, log1p=c in e.log1p, mean=mean if std > 0 else 0.0, std=std)
+        (lo, hi), (mean, std) = bounds[c], moments[c]
+        out[c] = Scaler(lo=lo, hi=hi, log1p=c in e.log1p, mean=mean, std=std)
     return out
 
 
