@@ -24,6 +24,7 @@ from tsa_lib.models import (
     AttentionLayer,
     AttentionLayerPreNorm,
     FeatureAggregationMLP,
+    MemberAverage,
     MixtureOfExperts,
     ModelConfig,
     NumericalEmbedding,
@@ -563,6 +564,9 @@ BAD_PRESETS = [
     ({"count_pool": True}, ["count_pool", "True"]),
     ({"count_pool": 2.5}, ["count_pool", "2.5"]),
     ({"num_embedding": "log"}, ["num_embedding", "log"]),
+    ({"members": 0}, ["members", "0"]),
+    ({"members": 2.0}, ["members", "2.0"]),
+    ({"members": False}, ["members", "False"]),
     ({"n_layers_order": 1.5}, ["n_layers_order"]),
     ({"dim_embeding": 16}, ["dim_embeding"]),
     ({"seq_len": None}, ["seq_len"]),
@@ -764,3 +768,71 @@ def test_periodic_embedding_exact_values() -> None:
         PeriodicEmbedding(2, 3, sigma=-1.0)
     with pytest.raises(ValueError, match="num_embedding.*'log'"):
         numerical_embedding("log", 2, 3)
+
+
+# --------------------------------------------------------------------------- members (logit average)
+
+
+@pytest.mark.parametrize("model_type", ["single_seq", "two_seq"])
+def test_member_average_is_the_exact_mean_of_independent_members(tiny: ModelConfig, model_type: str) -> None:
+    """Output = mean of the members' logits; embedding = theirs side by side; explanations = their means;
+    the members start from different weights; the state round-trips into a fresh build."""
+    cfg = tiny.replace(model_type=model_type, members=3)
+    model = build(cfg, seed=3)
+    assert isinstance(model, MemberAverage) and len(model.members) == 3
+    assert all(m.config.members == 1 and m.config.model_type == model_type for m in model.members)
+    w = [m.embedding.weight for m in model.members]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    inputs = make_inputs(cfg, b=5, seed=1)
+    scores, emb, det = run(model, inputs)
+    alone = [m(*inputs, return_details=True) for m in model.members]
+    torch.testing.assert_close(scores, (alone[0][0] + alone[1][0] + alone[2][0]) / 3, rtol=0, atol=1e-6)
+    assert torch.equal(emb, torch.cat([a[1] for a in alone], dim=-1))
+    assert emb.shape == (5, model.ensemble_dim)
+    keys = ("attn_cid", "attn_ccid", "gate", "feature_attn") if model_type == "two_seq" else ("attn", "feature_attn")
+    for k in keys:
+        torch.testing.assert_close(det[k], torch.stack([a[2][k] for a in alone]).mean(0), rtol=0, atol=1e-7)
+    if model_type == "two_seq":
+        torch.testing.assert_close(det["gate"].sum(-1), torch.ones(5))  # still weights that sum to one
+    torch.testing.assert_close(run(model, inputs, details=False)[0], scores)  # SDPA vs explicit attention
+    fresh = build(cfg, seed=99)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(run(fresh, inputs)[0], scores)
+
+
+def test_member_average_trains_each_member_on_its_own_loss(tiny: ModelConfig) -> None:
+    """training_loss = sum of the members' weighted cross-entropies (+ aux), so every member's gradient
+    equals the gradient of that member trained alone; clip_groups is one group per member."""
+    cfg = tiny.replace(model_type="two_seq", members=2, use_moe=True, dropout=0.0)
+    model = build(cfg, seed=5, train=True)
+    inputs = make_inputs(cfg, b=6, seed=2)
+    y = torch.tensor([0, 1, 0, 0, 1, 0])
+    weight = torch.tensor([1.0, 3.0])
+    scores, _ = model(*inputs)
+    loss = model.training_loss(scores, y, weight)
+    expected = sum(F.cross_entropy(s, y, weight=weight) for s in model.member_scores) + model.aux_loss
+    torch.testing.assert_close(loss, expected)
+    assert model.aux_loss.item() > 0
+    loss.backward()
+    got = [[p.grad.clone() for p in m.parameters()] for m in model.members]
+    for i, m in enumerate(model.members):
+        m.zero_grad()
+        s, _ = m(*inputs)
+        m.training_loss(s, y, weight).backward()
+        for a, b in zip(got[i], m.parameters()):
+            torch.testing.assert_close(a, b.grad, rtol=1e-5, atol=1e-7)
+    groups = model.clip_groups()
+    assert [len(g) for g in groups] == [len(list(m.parameters())) for m in model.members]
+    assert sum(len(g) for g in groups) == len(list(model.parameters()))
+    single = build(tiny)
+    assert len(single.clip_groups()) == 1 and len(single.clip_groups()[0]) == len(list(single.parameters()))
+
+
+def test_member_average_bad_use_names_the_problem(tiny: ModelConfig) -> None:
+    with pytest.raises(ValueError, match="members.*at least 2.*1"):
+        MemberAverage(tiny, OrderFeatureAttentionClassifier)
+    model = build(tiny.replace(members=2))
+    with pytest.raises(RuntimeError, match="training_loss.*after a forward"):
+        model.training_loss(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), torch.ones(2))
+    with pytest.raises(ValueError, match="x_cat: expected shape"):
+        model(*make_inputs(tiny.replace(seq_len=tiny.seq_len + 1), b=2))

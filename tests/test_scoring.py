@@ -160,3 +160,31 @@ def test_evaluation_writes_metrics_and_report(spark, scored: dict[str, Any]) -> 
     assert "Per day" in res.report.read_text()
     with pytest.raises(ValueError, match="run jobs/score.py first"):
         run_evaluation(spark, cfg, _ctx(dt.date(2026, 6, 1), run_id="ev2"))
+
+
+def test_member_average_artifact_scores_through_the_job(spark, scored: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A ``members: 2`` artifact goes through the real scoring job: the job's scores equal the direct
+    call's, the explanations are still weights (gates sum to one), the version is recorded."""
+    import torch
+
+    from tsa_lib.models.factory import build_model
+    from tsa_lib.models.members import MemberAverage
+    from tsa_lib.scoring.job import run_scoring, score_arrow
+    from tsa_lib.spark.examples import build_examples_frame
+    from tsa_lib.training.artifact import load_artifact, save_artifact
+
+    cfg, enc = scored["cfg"], scored["enc"]
+    mcfg = load_artifact(scored["artifact"]).config.replace(members=2)
+    torch.manual_seed(1)
+    art = save_artifact(tmp_path / "members" / "v2", build_model(mcfg), mcfg, enc, {},
+                        {"model_name": "scorer", "version": "v2"})
+    s = run_scoring(spark, cfg, _ctx(D3, run_id="m2"), model_path=str(art))
+    assert (s.scored, s.model) == (3, "scorer/v2")
+    loaded = load_artifact(art)
+    assert isinstance(loaded.model, MemberAverage) and len(loaded.model.members) == 2
+    ex = build_examples_frame(spark, cfg, loaded.encoders, [D3], "x", with_history_ids=True)
+    direct = score_arrow(loaded, ex.examples.toArrow(), batch_size=4096, top_k=2)
+    got = _scores(spark, cfg)
+    for oid, score in zip(direct.column("order_id").to_pylist(), direct.column("score").to_pylist()):
+        assert got[oid].score == pytest.approx(score, abs=1e-5) and got[oid].model_version == "v2"
+        assert got[oid].gate_customer + got[oid].gate_card == pytest.approx(1.0, abs=1e-6)

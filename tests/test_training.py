@@ -237,3 +237,27 @@ def test_weight_average_torchrun_resume(setup: dict[str, Any], uninterrupted: Pa
     # an averaged run cannot resume from a checkpoint written without the average
     r = _torchrun(cfg, setup["root"] / "run_a", "--resume")
     assert r.returncode != 0 and "has no weight average, but training.ema_decay is 0.9" in r.stderr, r.stderr[-3000:]
+
+
+def test_member_average_torchrun(setup: dict[str, Any], tmp_path: Path) -> None:
+    """A ``members: 2`` preset through the real 2-rank job: ranks in sync, the artifact loads as the
+    member average, and the pair learns the planted pattern."""
+    from tsa_lib.models.config import load_model_config
+    from tsa_lib.models.members import MemberAverage
+    from tsa_lib.training.artifact import load_artifact
+
+    preset = tmp_path / "tiny_x2.yaml"
+    preset.write_text(yaml.safe_dump({**load_model_config("tiny").to_dict(), "members": 2}))
+    base = yaml.safe_load(setup["cfg"].read_text())
+    base["training"].update(model_preset=str(preset), model_name="t2")
+    cfg = setup["root"] / "train_members.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    r = _torchrun(cfg, setup["root"] / "run_members")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    art = _artifact(r.stdout)
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["world_size"] == 2 and man["ranks_in_sync"] is True
+    loaded = load_artifact(art)
+    assert isinstance(loaded.model, MemberAverage) and loaded.config.members == 2
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and metrics["best"]["roc_auc"] > 0.8, metrics

@@ -4,9 +4,9 @@ Public API::
 
     from tsa_lib.models import load_model_config, build_model
     cfg = load_model_config("small").replace(n_cat_features=..., vocab_size=...)
-    model = build_model(cfg)
+    model = build_model(cfg)          # MemberAverage of cfg.members classifiers when members > 1
     scores, ensemble = model(x_cat, x_num, time_seq, mask, x_engineered)
-    loss = F.cross_entropy(scores, y) + model.aux_loss
+    loss = model.training_loss(scores, y, class_weight)   # cross-entropy (per member) + aux_loss
 """
 
 from tsa_lib.models.config import (
@@ -17,7 +17,7 @@ from tsa_lib.models.config import (
     load_model_config,
     model_config_from_dict,
 )
-from tsa_lib.models.factory import build_model, count_parameters
+from tsa_lib.models.factory import TSAModel, build_model, count_parameters
 from tsa_lib.models.feature_attention_layer import FeatureAttentionLayer
 from tsa_lib.models.layers import (
     AttentionLayer,
@@ -31,6 +31,7 @@ from tsa_lib.models.layers import (
     compute_fm_parallel,
     embedding_weight_for,
 )
+from tsa_lib.models.members import MemberAverage
 from tsa_lib.models.order_attention_layer import OrderAttentionLayer
 from tsa_lib.models.order_feature_attention_classifier import OrderFeatureAttentionClassifier, TSAClassifierBase
 from tsa_lib.models.two_seq_moe_order_feature_attention_classifier import (
@@ -46,6 +47,8 @@ __all__ = [
     "load_model_config",
     "model_config_from_dict",
     "build_model",
+    "TSAModel",
+    "MemberAverage",
     "count_parameters",
     "TimeEncode",
     "FeedForward",

@@ -112,6 +112,9 @@ class ModelConfig:
     # Numerical values as the seed's linear embeddings v * W_f + b_f, or as periodic ones
     # (ReLU(Linear(sin/cos of 16 learned frequencies)); not in the seed).
     num_embedding: Literal["linear", "periodic"] = "linear"
+    # k >= 2: k independently initialised copies trained side by side, each on its own loss;
+    # the output is the mean of their logits (tsa_lib/models/members.py; not in the seed).
+    members: int = 1
     n_classes: int = 2
     grad_checkpointing: bool = False
 
@@ -141,6 +144,7 @@ class ModelConfig:
             _check_bool(name, getattr(self, name))
         _check_int("dim_mlp", self.dim_mlp, 1)
         _check_int("count_pool", self.count_pool, 0)
+        _check_int("members", self.members, 1)
         _check_int("num_experts", self.num_experts, 1)
         _check_int("moe_top_k", self.moe_top_k, 1)
         if self.moe_top_k > self.num_experts:

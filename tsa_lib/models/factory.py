@@ -9,12 +9,15 @@ from typing import Union
 from torch import nn
 
 from tsa_lib.models.config import ModelConfig, load_model_config
+from tsa_lib.models.members import MemberAverage
 from tsa_lib.models.order_feature_attention_classifier import OrderFeatureAttentionClassifier, TSAClassifierBase
 from tsa_lib.models.two_seq_moe_order_feature_attention_classifier import TwoSeqMoEOrderFeatureAttentionClassifier
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_model", "count_parameters"]
+__all__ = ["TSAModel", "build_model", "count_parameters"]
+
+TSAModel = Union[TSAClassifierBase, MemberAverage]
 
 _MODELS: dict[str, type[TSAClassifierBase]] = {
     "single_seq": OrderFeatureAttentionClassifier,
@@ -22,11 +25,13 @@ _MODELS: dict[str, type[TSAClassifierBase]] = {
 }
 
 
-def build_model(cfg: Union[ModelConfig, str, Path]) -> TSAClassifierBase:
-    """Build the classifier ``cfg.model_type`` names; a str/Path is loaded as a preset first."""
+def build_model(cfg: Union[ModelConfig, str, Path]) -> TSAModel:
+    """Build the classifier ``cfg.model_type`` names (the mean of ``cfg.members`` of them when
+    ``members`` > 1); a str/Path is loaded as a preset first."""
     if not isinstance(cfg, ModelConfig):
         cfg = load_model_config(cfg)
-    model = _MODELS[cfg.model_type](cfg)
+    cls = _MODELS[cfg.model_type]
+    model: TSAModel = MemberAverage(cfg, cls) if cfg.members > 1 else cls(cfg)
     log.info("built %s (%s parameters, config hash %s)", type(model).__name__, count_parameters(model), cfg.hash)
     return model
 

@@ -25,6 +25,7 @@ import logging
 from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsa_lib.models.config import ModelConfig
@@ -114,6 +115,16 @@ class TSAClassifierBase(nn.Module):
             parts.append(self.mlp(torch.cat([num_cur, x_engineered], dim=-1)))
         ensemble = torch.cat(parts, dim=-1)
         return self.clf(ensemble), ensemble
+
+    # ------------------------------------------------------------------ training hooks (shared with MemberAverage)
+
+    def training_loss(self, scores: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+        """Weighted cross-entropy of this forward's ``scores`` plus the auxiliary (MoE) loss."""
+        return F.cross_entropy(scores.float(), labels, weight=weight) + self.aux_loss
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups whose gradient norms are clipped separately: one, the whole model."""
+        return [list(self.parameters())]
 
     def _set_aux(self, auxes: list[Tensor], device: torch.device) -> Tensor:
         if auxes:

@@ -334,7 +334,7 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
             torch.manual_seed(_step_seed(tc.seed, st.epoch, st.step, d.rank))
             with amp:
                 logits, _ = run_model(*model_inputs(b, mcfg.model_type))
-            loss = F.cross_entropy(logits.float(), b["label"], weight=weight) + model.aux_loss
+            loss = model.training_loss(logits, b["label"], weight)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -342,7 +342,8 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
             else:
                 loss.backward()
             if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                for group in model.clip_groups():
+                    torch.nn.utils.clip_grad_norm_(group, tc.grad_clip)
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
@@ -355,7 +356,7 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
             st.step += 1
             st.global_step += 1
             seen += len(b["label"]) * d.world
-            loss_sum += float(loss.detach())
+            loss_sum += float(loss.detach()) / mcfg.members  # per member: comparable across configs
             n_loss += 1
             if d.main and st.global_step % tc.log_every_steps == 0:
                 el = time.perf_counter() - tick
