@@ -48,7 +48,7 @@ def main() -> None:
     enc = loaded.encoders
     spark = get_spark(cfg.spark, cfg.storage)
     res: dict[str, object] = {"model": f"{loaded.name}/{loaded.version}", "dates": [args.start_date, args.end_date],
-                              "model_type": loaded.config.model_type}
+                              "model_type": loaded.config.model_type, "members": loaded.config.members}
 
     def best(fn) -> float:  # type: ignore[no-untyped-def]
         times = []
