@@ -534,7 +534,7 @@ def test_presets_load_and_build() -> None:
     assert (seed.dim_embed, seed.num_heads, seed.n_layers_order, seed.n_layers_feature) == (128, 8, 2, 2)
     assert seed.seq_len == 51 and seed.use_moe and seed.num_experts == 5
     small = load_model_config("small")
-    assert small.seq_len == 21 and small.dim_embed == 32 and small.num_heads == 4
+    assert small.seq_len == 21 and small.dim_embed == 32 and small.num_heads == 4 and small.members == 3
     tiny = load_model_config("tiny")
     assert tiny.dim_embed == 16 and tiny.seq_len == 8
     for cfg in (tiny, small):
@@ -542,7 +542,7 @@ def test_presets_load_and_build() -> None:
         assert build_model(cfg).config is cfg
     # the data side overrides counts from the data; validation runs again
     cfg = small.replace(n_cat_features=7, vocab_size=123)
-    assert build_model(cfg).embedding.num_embeddings == 123
+    assert all(m.embedding.num_embeddings == 123 for m in build_model(cfg).members)
     with pytest.raises(ConfigError, match="vocab_size"):
         small.replace(vocab_size=0)
     # a preset by path works too
