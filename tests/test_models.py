@@ -680,6 +680,21 @@ def test_torch_compile_smoke(tiny: ModelConfig, model_type: str) -> None:
     assert model.clf[0].weight.grad is not None
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TSA_SLOW_TESTS") != "1", reason="set TSA_SLOW_TESTS=1 (torch.compile on CPU)")
+def test_torch_compile_member_average(tiny: ModelConfig) -> None:
+    """training.compile with members: the member scores the loss reads come from the compiled forward."""
+    cfg = tiny.replace(model_type="two_seq", members=2, dropout=0.0)
+    model = build(cfg, train=True)
+    inputs, y, w = make_inputs(cfg, 4), torch.tensor([0, 1, 0, 1]), torch.tensor([1.0, 2.0])
+    eager = model.training_loss(model(*inputs)[0], y, w).detach()
+    compiled = torch.compile(model)
+    loss = model.training_loss(compiled(*inputs)[0], y, w)
+    torch.testing.assert_close(loss.detach(), eager, atol=1e-4, rtol=1e-4)
+    loss.backward()
+    assert all(m.clf[0].weight.grad is not None for m in model.members)
+
+
 def test_time_bias_favours_recent_orders_exactly() -> None:
     """The recency bias enters the scores as -slope_h * log1p(minutes): check against explicit attention."""
     from tsa_lib.models.layers import AttentionLayer, attention_with_weights
