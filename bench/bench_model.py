@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from tsa_lib.models import ModelConfig, build_model, count_parameters, load_model_config  # noqa: E402
 
@@ -114,12 +113,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     inputs = make_inputs(cfg, args.batch, device)
     y = (torch.arange(args.batch, device=device) % 2)
+    class_weight = torch.ones(cfg.n_classes, device=device)
 
     def step() -> None:
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         with ctx:
             scores, _ = step_model(*inputs)
-            loss = F.cross_entropy(scores.float(), y) + model.aux_loss
+            loss = model.training_loss(scores, y, class_weight)  # per member when members > 1
         scaler.scale(loss).backward()
         if opt is not None:
             scaler.step(opt)
