@@ -567,6 +567,8 @@ BAD_PRESETS = [
     ({"members": 0}, ["members", "0"]),
     ({"members": 2.0}, ["members", "2.0"]),
     ({"members": False}, ["members", "False"]),
+    ({"member_bagging": "yes"}, ["member_bagging", "yes"]),
+    ({"member_bagging": True, "members": 1}, ["member_bagging", "members: 1"]),
     ({"n_layers_order": 1.5}, ["n_layers_order"]),
     ({"dim_embeding": 16}, ["dim_embeding"]),
     ({"seq_len": None}, ["seq_len"]),
@@ -841,6 +843,28 @@ def test_member_average_trains_each_member_on_its_own_loss(tiny: ModelConfig) ->
     assert sum(len(g) for g in groups) == len(list(model.parameters()))
     single = build(tiny)
     assert len(single.clip_groups()) == 1 and len(single.clip_groups()[0]) == len(list(single.parameters()))
+
+
+def test_member_bagging_weighs_rows_by_each_members_poisson_draw(tiny: ModelConfig) -> None:
+    """member_bagging: loss = sum_i sum_b n_ib * w_yb * ce_ib / sum_b w_yb with n_ib ~ Poisson(1) from the
+    step's RNG; evaluation (eval mode) is unweighted; the same RNG state gives the same loss."""
+    cfg = tiny.replace(members=2, member_bagging=True, dropout=0.0)
+    model = build(cfg, seed=4, train=True)
+    inputs, y, w = make_inputs(cfg, b=6, seed=3), torch.tensor([0, 1, 0, 0, 1, 0]), torch.tensor([1.0, 3.0])
+    scores, _ = model(*inputs)
+    torch.manual_seed(11)
+    loss = model.training_loss(scores, y, w)
+    torch.manual_seed(11)
+    counts = torch.poisson(torch.ones(2, 6))
+    ce = torch.stack([F.cross_entropy(s, y, reduction="none") for s in model.member_scores])  # [2, 6]
+    expected = (counts * w[y] * ce).sum() / w[y].sum() + model.aux_loss
+    torch.testing.assert_close(loss, expected)
+    assert counts.sum() > 0 and not torch.equal(counts[0], counts[1])    # the members fit different rows
+    torch.manual_seed(11)
+    torch.testing.assert_close(model.training_loss(scores, y, w), loss)  # resumable: the RNG decides
+    model.eval()
+    plain = sum(F.cross_entropy(s, y, weight=w) for s in model.member_scores) + model.aux_loss
+    torch.testing.assert_close(model.training_loss(scores, y, w), plain)
 
 
 def test_member_average_bad_use_names_the_problem(tiny: ModelConfig) -> None:

@@ -115,6 +115,9 @@ class ModelConfig:
     # k >= 2: k independently initialised copies trained side by side, each on its own loss;
     # the output is the mean of their logits (tsa_lib/models/members.py; not in the seed).
     members: int = 1
+    # With members >= 2: each member weighs each training row by its own Poisson(1) draw
+    # (online bagging), so members also differ in the data they fit.
+    member_bagging: bool = False
     n_classes: int = 2
     grad_checkpointing: bool = False
 
@@ -140,11 +143,13 @@ class ModelConfig:
         if not self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         for name in ("use_time", "use_position", "use_mlp", "use_moe", "use_fm", "num_bias",
-                     "time_bias", "grad_checkpointing"):
+                     "time_bias", "grad_checkpointing", "member_bagging"):
             _check_bool(name, getattr(self, name))
         _check_int("dim_mlp", self.dim_mlp, 1)
         _check_int("count_pool", self.count_pool, 0)
         _check_int("members", self.members, 1)
+        if self.member_bagging and self.members < 2:
+            raise ConfigError(f"member_bagging: needs members >= 2, got members: {self.members}")
         _check_int("num_experts", self.num_experts, 1)
         _check_int("moe_top_k", self.moe_top_k, 1)
         if self.moe_top_k > self.num_experts:

@@ -13,6 +13,9 @@ artifact and the scoring job need nothing new:
 - ``training_loss`` is the SUM of the members' own losses, so each member gets
   exactly the gradient it would get alone (the members never co-adapt to the
   average); ``clip_groups`` lets the trainer clip each member's gradient by itself;
+- with ``member_bagging`` each member also weighs each training row by its own
+  Poisson(1) draw (online bagging: a bootstrap of every batch per member), so the
+  members differ in the data they fit as well as in their initial weights;
 - the output is the mean of the members' logits (a geometric mean of their
   odds); the ensemble embedding is the members' embeddings side by side; the
   explanations (gate weights, attention) are the members' means.
@@ -46,7 +49,7 @@ class MemberAverage(nn.Module):
         if cfg.members < 2:
             raise ValueError(f"members: MemberAverage needs at least 2 members, got {cfg.members}")
         self.config = cfg
-        one = cfg.replace(members=1)
+        one = cfg.replace(members=1, member_bagging=False)
         self.members = nn.ModuleList(member_type(one) for _ in range(cfg.members))
         self.ensemble_dim = sum(int(m.ensemble_dim) for m in self.members)
         self.aux_loss: Tensor = torch.zeros(())
@@ -73,8 +76,15 @@ class MemberAverage(nn.Module):
         """
         if self.member_scores.dim() != 3 or self.member_scores.shape[1] != scores.shape[0]:
             raise RuntimeError("training_loss: call it right after a forward pass of this model")
-        losses = [F.cross_entropy(s.float(), labels, weight=weight) for s in self.member_scores]
-        return torch.stack(losses).sum() + self.aux_loss
+        if not (self.config.member_bagging and self.training):
+            losses = [F.cross_entropy(s.float(), labels, weight=weight) for s in self.member_scores]
+            return torch.stack(losses).sum() + self.aux_loss
+        # online bagging: each member counts each row Poisson(1) times (its own bootstrap of the
+        # batch), normalised like the plain weighted mean so the expected loss is unchanged
+        per_row = torch.stack([F.cross_entropy(s.float(), labels, weight=weight, reduction="none")
+                               for s in self.member_scores])                       # [members, B]
+        counts = torch.poisson(torch.ones_like(per_row))
+        return (counts * per_row).sum(dim=1).div(weight[labels].sum()).sum() + self.aux_loss
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """One parameter group per member: each member's gradient is clipped by itself."""
