@@ -76,15 +76,14 @@ class MemberAverage(nn.Module):
         """
         if self.member_scores.dim() != 3 or self.member_scores.shape[1] != scores.shape[0]:
             raise RuntimeError("training_loss: call it right after a forward pass of this model")
-        if not (self.config.member_bagging and self.training):
-            losses = [F.cross_entropy(s.float(), labels, weight=weight) for s in self.member_scores]
-            return torch.stack(losses).sum() + self.aux_loss
-        # online bagging: each member counts each row Poisson(1) times (its own bootstrap of the
-        # batch), normalised like the plain weighted mean so the expected loss is unchanged
+        # per row w_y * ce; summed over rows / sum(w_y) it is F.cross_entropy's weighted mean
         per_row = torch.stack([F.cross_entropy(s.float(), labels, weight=weight, reduction="none")
                                for s in self.member_scores])                       # [members, B]
-        counts = torch.poisson(torch.ones_like(per_row))
-        return (counts * per_row).sum(dim=1).div(weight[labels].sum()).sum() + self.aux_loss
+        if self.config.member_bagging and self.training:
+            # online bagging: each member counts each row Poisson(1) times (its own bootstrap of
+            # the batch), normalised like the plain mean so the expected loss is unchanged
+            per_row = per_row * torch.poisson(torch.ones_like(per_row))
+        return (per_row.sum(dim=1) / weight[labels].sum()).sum() + self.aux_loss
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """One parameter group per member: each member's gradient is clipped by itself."""
