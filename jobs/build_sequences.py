@@ -20,13 +20,15 @@ log = logging.getLogger("jobs.build_sequences")
 
 @main_guard
 def main(argv: Sequence[str] | None = None) -> int:
-    args = base_parser(__doc__ or "").parse_args(argv)
+    p = base_parser(__doc__ or "")
+    p.add_argument("--allow-empty", action="store_true", help="a run date without orders is not an error")
+    args = p.parse_args(argv)
     setup_logging(args.log_level)
     cfg = load_config(args.config)
     ctx = make_context(JOB, args)
     spark = get_spark(cfg.spark, cfg.storage)
     try:
-        s = run_build_sequences(spark, cfg, ctx)
+        s = run_build_sequences(spark, cfg, ctx, allow_empty=args.allow_empty)
     finally:
         spark.stop()
     print(f"run {ctx.run_id} dates {ctx.dates[0]}..{ctx.dates[-1]}: input {s.input_rows} = clean {s.clean_targets}"

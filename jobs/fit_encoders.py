@@ -1,6 +1,11 @@
-"""Fit encoders (vocabularies, robust min-max scalers) on a training date window only.
+"""Fit encoders (vocabularies, robust min-max scalers) on a training window only.
 
-    ./spark-submit.sh jobs/fit_encoders.py --config conf/local.yaml --start-date 2026-01-01 --end-date 2026-02-10
+    ./spark-submit.sh jobs/fit_encoders.py --config conf/local.yaml --run-date 2026-02-19
+    ./spark-submit.sh jobs/fit_encoders.py --config conf/local.yaml --start-date 2026-01-08 --end-date 2026-02-05
+
+--run-date D: the training window of D (training.window, or the fixed training dates), the
+rule of every training night; the version is named after D and the config, so a retry
+rewrites it.  --start-date/--end-date: that range.
 Writes <storage.artifacts>/encoders/<version>.json and points encoders/LATEST at it.
 """
 
@@ -12,6 +17,7 @@ from typing import Sequence
 
 from tsa_lib.cli import base_parser, main_guard, make_context, setup_logging
 from tsa_lib.config import load_config
+from tsa_lib.schedule import training_windows
 from tsa_lib.spark.encoders import fit_encoders
 from tsa_lib.spark.session import get_spark
 
@@ -24,9 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     cfg = load_config(args.config)
     ctx = make_context("fit_encoders", args)
+    start, end, version = ctx.dates[0], ctx.dates[-1], None
+    if args.run_date is not None:
+        w = training_windows(cfg, ctx.dates[0])
+        (start, end), version = w.train, f"enc-{ctx.dates[0]:%Y%m%d}-{cfg.hash[:8]}"
     spark = get_spark(cfg.spark, cfg.storage)
     try:
-        enc = fit_encoders(spark, cfg, ctx.dates[0], ctx.dates[-1])
+        enc = fit_encoders(spark, cfg, start, end, version)
     finally:
         spark.stop()
     path = enc.save(cfg.storage.artifacts_path("encoders"))

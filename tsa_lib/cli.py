@@ -87,10 +87,10 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def make_context(job: str, args: argparse.Namespace) -> RunContext:
-    dates: tuple[dt.date, ...] = ()
-    if hasattr(args, "run_date"):
-        dates = date_range(args.run_date, args.start_date, args.end_date)
+def make_context(job: str, args: argparse.Namespace, dates: Optional[tuple[dt.date, ...]] = None) -> RunContext:
+    """The run's identity; ``dates`` from --run-date/--start-date/--end-date unless given."""
+    if dates is None:
+        dates = date_range(args.run_date, args.start_date, args.end_date) if hasattr(args, "start_date") else ()
     return RunContext(job=job, run_id=args.run_id or uuid.uuid4().hex[:12], dates=dates,
                       started_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
 

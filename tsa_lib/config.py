@@ -30,7 +30,18 @@ from tsa_lib.config_base import (
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _project_root() -> Path:
+    """Where relative paths in a config are taken from: ``$TSA_HOME``, else the checkout this
+    package sits in, else (an installed wheel) the working directory, never site-packages."""
+    if os.environ.get("TSA_HOME"):
+        return Path(os.environ["TSA_HOME"]).resolve()
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "setup.py").is_file() else Path.cwd().resolve()
+
+
+PROJECT_ROOT = _project_root()
 
 __all__ = [
     "ConfigError",
@@ -40,6 +51,9 @@ __all__ = [
     "InputConfig",
     "ColumnsConfig",
     "StorageConfig",
+    "LabelsConfig",
+    "TrainWindow",
+    "PromotionConfig",
     "SequenceConfig",
     "QualityConfig",
     "EncoderConfig",
@@ -112,6 +126,8 @@ class ColumnsConfig:
     card_id: str = "card_id"
     event_time: str = "order_ts"
     label: Optional[str] = "is_fraud"
+    # When each label became known (a chargeback or report date); null -> order time + labels.delay_days.
+    label_time: Optional[str] = None
     categorical: tuple[str, ...] = ()
     numerical: tuple[str, ...] = ()
     engineered: tuple[str, ...] = ()
@@ -128,6 +144,10 @@ class ColumnsConfig:
             check_identifier(f"columns.{key}", getattr(self, key))
         if self.label is not None:
             check_identifier("columns.label", self.label)
+        if self.label_time is not None:
+            check_identifier("columns.label_time", self.label_time)
+            if self.label is None:
+                raise ConfigError(f"columns.label_time: {self.label_time!r} is set but columns.label is not")
         for group in ("categorical", "numerical", "engineered", "relative"):
             for i, c in enumerate(getattr(self, group)):
                 check_identifier(f"columns.{group}[{i}]", c)
@@ -136,6 +156,7 @@ class ColumnsConfig:
         seen: dict[str, str] = {}
         roles = [("order_id", [self.order_id]), ("customer_id", [self.customer_id]), ("card_id", [self.card_id]),
                  ("event_time", [self.event_time]), ("label", [self.label] if self.label else []),
+                 ("label_time", [self.label_time] if self.label_time else []),
                  ("categorical", list(self.categorical)), ("numerical", list(self.numerical)),
                  ("engineered", list(self.engineered)), ("relative", list(self.relative))]
         for role, cols in roles:
@@ -161,7 +182,13 @@ class ColumnsConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Where the suite's own tables live.  Local: Delta folders under ``warehouse``."""
+    """Where the suite's own tables and artifacts live.  Local: Delta folders under ``warehouse``.
+
+    ``artifacts`` (encoders, models, reports) is a file-system path: on Databricks a Unity
+    Catalog volume (``/Volumes/...``) or ``/dbfs/...``, on EMR a mounted or local path.  When
+    unset it is ``<warehouse>/artifacts`` if the warehouse is a path (``dbfs:/x`` counts as
+    ``/dbfs/x``); an object-store warehouse (``s3://``, ``abfss://``) needs it set.
+    """
 
     warehouse: str = "warehouse"
     database: str = "tsa"
@@ -171,12 +198,17 @@ class StorageConfig:
     scores: str = "scores"
     quarantine: str = "quarantine"
     metrics: str = "metrics"
-    artifacts: str = "artifacts"
+    models: str = "models"
+    artifacts: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_identifier("storage.database", self.database)
-        for key in ("sequences_customer", "sequences_card", "examples", "scores", "quarantine", "metrics"):
+        for key in ("sequences_customer", "sequences_card", "examples", "scores", "quarantine", "metrics",
+                    "models"):
             check_identifier(f"storage.{key}", getattr(self, key))
+        if self.artifacts is not None and ("://" in self.artifacts or not self.artifacts.strip()):
+            raise ConfigError(f"storage.artifacts: {self.artifacts!r} must be a file-system path (a local folder, "
+                              f"/dbfs/... or /Volumes/...), not an object-store URI")
 
     def warehouse_path(self, root: Path = PROJECT_ROOT) -> str:
         if "://" in self.warehouse or os.path.isabs(self.warehouse):
@@ -189,12 +221,72 @@ class StorageConfig:
         return f"{self.warehouse_path(root).rstrip('/')}/{self.database}/{table}"
 
     def artifacts_path(self, sub: str = "", root: Path = PROJECT_ROOT) -> Path:
-        """Local folder of versioned artifacts (encoders, models); on clusters a mounted path (/dbfs/...)."""
-        base = Path(self.artifacts) if os.path.isabs(self.artifacts) else root / self.artifacts
+        """Folder of versioned artifacts (encoders, models, reports); see the class docstring."""
+        if self.artifacts is not None:
+            base = Path(self.artifacts) if os.path.isabs(self.artifacts) else root / self.artifacts
+        else:
+            wh = self.warehouse_path(root)
+            if wh.startswith("dbfs:/"):
+                wh = "/dbfs/" + wh[len("dbfs:/"):].lstrip("/")
+            if "://" in wh:
+                raise ConfigError(f"storage.artifacts: set a file-system path for encoders and models; the "
+                                  f"warehouse {self.warehouse!r} is not one")
+            base = Path(wh) / "artifacts"
         return base / sub if sub else base
 
     def qualified(self, name: str) -> str:
         return f"{self.database}.{getattr(self, name)}"
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    """When a label is known.  A label is *known at time T* when its label time
+    (``columns.label_time``), or, where that is null or not configured, its order time plus
+    ``delay_days``, is strictly before T.  Every use of a label goes through that one rule
+    (``tsa_lib.spark.labels``): training sees only labels known at its run date, evaluation
+    only labels known at its as-of date.
+
+    ``mature_after_days``: a day's labels count as mature (complete enough to train,
+    validate and evaluate on) that many days after it; training windows end there.
+    """
+
+    delay_days: float = 0.0
+    mature_after_days: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive("labels.delay_days", self.delay_days, allow_zero=True)
+        if isinstance(self.mature_after_days, bool) or not isinstance(self.mature_after_days, int) \
+                or self.mature_after_days < 0:
+            raise ConfigError(f"labels.mature_after_days: must be an integer >= 0, got {self.mature_after_days!r}")
+
+
+@dataclass(frozen=True)
+class TrainWindow:
+    """Training windows relative to a run date D: validation is the ``valid_days`` days ending at
+    D - labels.mature_after_days, training the ``train_days`` days before it."""
+
+    train_days: int
+    valid_days: int
+
+    def __post_init__(self) -> None:
+        check_positive("training.window.train_days", self.train_days)
+        check_positive("training.window.valid_days", self.valid_days)
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    """Champion / challenger: a newly trained model replaces the champion only if, on its
+    validation window, ``metric`` >= the champion's ``metric`` - ``margin`` (both models scored
+    on the same orders and labels) and >= ``min_value``."""
+
+    metric: Literal["average_precision", "roc_auc"] = "average_precision"
+    margin: float = 0.0
+    min_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_positive("promotion.margin", self.margin, allow_zero=True)
+        if not (isinstance(self.min_value, (int, float)) and 0.0 <= self.min_value <= 1.0):
+            raise ConfigError(f"promotion.min_value: must be in [0, 1], got {self.min_value!r}")
 
 
 @dataclass(frozen=True)
@@ -274,10 +366,14 @@ class TrainConfig:
 
     model_preset: str = "small"             # conf/models/<name>.yaml or a path
     model_name: str = "tsa"
-    train_start: Optional[str] = None       # YYYY-MM-DD, inclusive
+    # Windows relative to the run date (the nightly life) ...
+    window: Optional[TrainWindow] = None
+    # ... or fixed dates (YYYY-MM-DD, inclusive), an override; the two cannot be mixed.
+    train_start: Optional[str] = None
     train_end: Optional[str] = None
     valid_start: Optional[str] = None       # strictly after train_end
     valid_end: Optional[str] = None
+    min_known_labels: int = 100             # fewer known labels in the training window is an error
     examples_version: Optional[int] = None  # pin a Delta version of the examples table (default: latest)
     epochs: int = 5
     max_steps_per_epoch: Optional[int] = None  # cap (smoke runs, benchmarks); default: the whole window
@@ -306,7 +402,12 @@ class TrainConfig:
             v = getattr(self, key)
             if v is not None:
                 _check_date(f"training.{key}", v)
-        for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"):
+        explicit = [k for k in ("train_start", "train_end", "valid_start", "valid_end") if getattr(self, k)]
+        if self.window is not None and explicit:
+            raise ConfigError(f"training.window cannot be combined with fixed dates {['training.' + k for k in explicit]}:"
+                              f" use a window relative to the run date, or four dates")
+        for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps",
+                    "min_known_labels"):
             check_positive(f"training.{key}", getattr(self, key))
         if self.max_steps_per_epoch is not None:
             check_positive("training.max_steps_per_epoch", self.max_steps_per_epoch)
@@ -332,7 +433,7 @@ class TrainConfig:
 class ScoringConfig:
     """Nightly bulk scoring: which model, how big the model's batches, threads per Python worker."""
 
-    model_path: Optional[str] = None   # an artifact folder; default <artifacts>/models/<training.model_name>/LATEST
+    model_path: Optional[str] = None   # pin an artifact folder; default: the champion recorded in <database>.models
     batch_size: int = 1024             # rows per model call (independent of Arrow's batch size)
     torch_threads: int = 1             # per Python worker: one worker per executor core
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -384,8 +485,10 @@ class SuiteConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 

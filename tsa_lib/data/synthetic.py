@@ -23,6 +23,12 @@ its signal is in the order of events:
   (visible in the card's history, not in the customer's);
 - ``velocity_ramp``: gaps shrinking and amounts growing on one account.
 
+Labels arrive late: every fraud order has a ``label_ts``, the time its report came in,
+1 to 60 days after the order (1 day plus an exponential delay with a mean of
+``REPORT_DELAY_MEAN_DAYS``, capped at 60 days); legitimate orders have none (a config
+gives them ``labels.delay_days``).  The delays come from their own random stream, so
+every other column is the same as without them.
+
 Dirty rows (null keys, null times, duplicate order ids, NaN/negative amounts)
 are added at ``dirty_rate`` so the quarantine path is exercised.
 """
@@ -51,6 +57,8 @@ ENTRY = np.array(["chip", "contactless", "swipe", "ecom", "manual"])
 SCENARIOS = ("legit", "legit_travel", "legit_burst", "legit_new_device", "legit_new_account",
              "card_testing", "account_takeover", "stolen_card_new_account", "velocity_ramp")
 FRAUD_SCENARIOS = ("card_testing", "account_takeover", "stolen_card_new_account", "velocity_ramp")
+REPORT_DELAY_MEAN_DAYS = 7.0
+REPORT_DELAY_MAX_DAYS = 60.0
 DIRTY_KINDS = ("null_customer", "null_time", "duplicate_order", "nan_amount", "negative_amount")
 
 TRANSACTION_COLUMNS = ColumnsConfig(
@@ -59,6 +67,7 @@ TRANSACTION_COLUMNS = ColumnsConfig(
     card_id="card_id",
     event_time="order_ts",
     label="is_fraud",
+    label_time="label_ts",
     categorical=("merchant_category", "channel", "device_id", "country", "entry_mode"),
     numerical=("amount", "hour_of_day", "items"),
     engineered=("account_age_days", "card_age_days", "email_risk", "ip_risk", "billing_shipping_match",
@@ -293,6 +302,7 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
         "hour_of_day": ((ts % 86400) / 3600.0).round(3),
         "items": np.maximum(1, rng.poisson(1.3, n) + (f["amount"] > 200)).astype(np.int32),
         "is_fraud": f["label"].astype(np.int32),
+        "label_ts": _report_times(np.random.default_rng([cfg.seed, 1]), ts, f["label"] == 1),
         "scenario": f["scen"].astype(str),
     })
 
@@ -340,6 +350,15 @@ def _add_dirty_rows(rng: np.random.Generator, tx: pd.DataFrame, rate: float) -> 
     dup["amount"] = dup["amount"] + 0.01  # same order id, slightly different payload
     dup["scenario"] = "dirty_duplicate_order"
     return pd.concat([tx, dup], ignore_index=True)
+
+
+def _report_times(rng: np.random.Generator, ts: np.ndarray, fraud: np.ndarray) -> pd.Series:
+    """When each fraud order's report arrives (UTC, microseconds); NaT for legitimate orders."""
+    days = np.minimum(1.0 + rng.exponential(REPORT_DELAY_MEAN_DAYS, len(ts)), REPORT_DELAY_MAX_DAYS)
+    us = ts.astype(np.int64) * 1_000_000 + np.round(days * 86400e6).astype(np.int64)
+    out = pd.Series(pd.to_datetime(us, unit="us", utc=True)).astype("datetime64[us, UTC]")
+    out[~fraud] = pd.NaT
+    return out
 
 
 def _hour_of_day(rng: np.random.Generator, n: int) -> np.ndarray:

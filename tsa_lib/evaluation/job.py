@@ -23,7 +23,7 @@ from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.evaluation.metrics import psi, summarize
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
-from tsa_lib.spark.inputs import read_labels
+from tsa_lib.spark.labels import read_labels
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -46,6 +46,10 @@ def metrics_schema() -> "StructType":
                        StructField("ds", DateType(), False)])
 
 
+class NoScoresError(ValueError):
+    """The dates to evaluate were never scored."""
+
+
 @dataclass
 class EvalResult:
     per_day: pd.DataFrame
@@ -54,12 +58,16 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _scored_with_labels(spark: "SparkSession", cfg: SuiteConfig, dates: list[dt.date]) -> pd.DataFrame:
+def _scored_with_labels(spark: "SparkSession", cfg: SuiteConfig, dates: list[dt.date],
+                        labels_as_of: Optional[dt.datetime]) -> pd.DataFrame:
+    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     path = cfg.storage.table_path("scores", PROJECT_ROOT)
+    if not DeltaTable.isDeltaTable(spark, path):
+        return pd.DataFrame(columns=["ds"])
     scores = spark.read.format("delta").load(path).filter(F.col("ds").isin(dates))
-    labels = read_labels(spark, cfg, dates)
+    labels = read_labels(spark, cfg, dates, labels_as_of).drop("label_pending")
     return scores.join(labels, ["order_id", "event_time"], "left").toPandas()
 
 
@@ -80,16 +88,18 @@ def day_metrics(df: pd.DataFrame, prev_scores: Optional[np.ndarray]) -> dict[str
     return out
 
 
-def run_evaluation(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, report: bool = True) -> EvalResult:
-    """Compute per-day metrics for ``ctx.dates``, write them, and (optionally) render the report."""
+def run_evaluation(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, report: bool = True,
+                   labels_as_of: Optional[dt.datetime] = None) -> EvalResult:
+    """Compute per-day metrics for ``ctx.dates`` with the labels known at ``labels_as_of`` (None:
+    now), write them, and (optionally) render the report."""
     if not ctx.dates:
         raise ValueError("evaluate needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     prev_day = dates[0] - dt.timedelta(days=1)
-    df = _scored_with_labels(spark, cfg, [prev_day, *dates])
+    df = _scored_with_labels(spark, cfg, [prev_day, *dates], labels_as_of)
     if df[df["ds"].isin(dates)].empty:
-        raise ValueError(f"no scores for {fmt_dates(dates)} in "
-                         f"{cfg.storage.table_path('scores', PROJECT_ROOT)!r}: run jobs/score.py first")
+        raise NoScoresError(f"no scores for {fmt_dates(dates)} in "
+                            f"{cfg.storage.table_path('scores', PROJECT_ROOT)!r}: run jobs/score.py first")
     rows = []
     for d in dates:
         day = df[df["ds"] == d]

@@ -1,17 +1,24 @@
-"""The nightly Airflow DAG: build sequences -> encode -> score -> evaluate (training weekly).
+"""The nightly Airflow DAG: the suite's life, one DAG run per logical date.
 
-Drop this file (or a two-line file calling ``build_dag``) into the DAGs folder.
-Every task takes the DAG run's logical date as ``--run-date`` (``{{ ds }}``), and
-every job replaces exactly that date's partitions, so retries cannot duplicate
-data and ``airflow dags backfill`` just works.
+Every night (``{{ ds }}`` is the logical date D):
+    build_sequences(D) -> score(D) with the champion -> evaluate(--as-of D: the day whose labels matured)
+On training nights (``training_weekdays``, or a run triggered with ``{"train": true}``),
+between the sequences and the scoring:
+    fit_encoders(D: the new training window) -> build_examples(D: training + validation windows,
+    labels known at the end of D) -> train(D, torchrun) -> gate(D: challenger vs champion)
+so tonight's scoring already uses the new champion if the gate promoted it.
+
+Drop this file (or a two-line file calling ``build_dag``) into the DAGs folder.  Every job
+replaces exactly the partitions of its logical date (the gate its own decision row), so
+retries cannot duplicate data and ``airflow dags backfill`` just works.
 
 Variants (``TSA_AIRFLOW_VARIANT`` or ``build_dag(variant=...)``):
 - ``spark_submit``: BashOperator running ``./spark-submit.sh --target local|emr`` on the worker;
 - ``databricks``: DatabricksSubmitRunOperator, with an idempotency token per (task, logical date);
 - ``emr``: EmrAddStepsOperator + EmrStepSensor per job.
 
-The plan (tasks, order, commands) is plain Python (``plan``) so it can be
-checked without Airflow installed.
+The plan (tasks, order, commands) is plain Python (``plan``), so it can be checked, and
+replayed night by night (``tsa_lib.orchestration.replay``), without Airflow installed.
 """
 
 from __future__ import annotations
@@ -21,31 +28,41 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from tsa_lib.schedule import DEFAULT_TRAIN_WEEKDAYS, is_training_night
+
 SUITE_DIR = os.environ.get("TSA_SUITE_DIR", "/opt/tsa")
 CONFIG = os.environ.get("TSA_CONFIG", "conf/databricks.yaml")
 VARIANTS = ("spark_submit", "databricks", "emr")
+LOGICAL_DATE = "{{ ds }}"
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     task_id: str
     job: str                  # jobs/<file>
-    args: tuple[str, ...]     # templated job arguments
+    args: tuple[str, ...]     # job arguments; LOGICAL_DATE stands for the logical date
     upstream: tuple[str, ...]
     torchrun: bool = False
+    training: bool = False    # runs on training nights only
+
+    def render(self, ds: str) -> tuple[str, ...]:
+        """The arguments for logical date ``ds`` (YYYY-MM-DD)."""
+        return tuple(a.replace(LOGICAL_DATE, ds) for a in self.args)
 
 
-def plan(config: str = CONFIG, train_weekday: int = 6) -> list[TaskSpec]:
-    """The nightly chain.  Training runs on ``train_weekday`` (0 = Monday) or when triggered with
-    ``{"train": true}``; on other nights ``maybe_train`` is skipped and scoring uses the latest model."""
+def plan(config: str = CONFIG) -> list[TaskSpec]:
+    """The nightly chain in execution order (see the module docstring)."""
     c = ("--config", config)
-    day = ("--run-date", "{{ ds }}")
+    day = ("--run-date", LOGICAL_DATE)
     return [
         TaskSpec("build_sequences", "jobs/build_sequences.py", (*c, *day), ()),
-        TaskSpec("build_examples", "jobs/build_examples.py", (*c, *day), ("build_sequences",)),
-        TaskSpec("maybe_train", "jobs/train.py", c, ("build_examples",), torchrun=True),
-        TaskSpec("score", "jobs/score.py", (*c, *day), ("build_sequences", "maybe_train")),
-        TaskSpec("evaluate", "jobs/evaluate.py", (*c, "--run-date", "{{ macros.ds_add(ds, -1) }}"), ("score",)),
+        TaskSpec("fit_encoders", "jobs/fit_encoders.py", (*c, *day), ("build_sequences",), training=True),
+        TaskSpec("build_examples", "jobs/build_examples.py", (*c, *day, "--window", "training"), ("fit_encoders",),
+                 training=True),
+        TaskSpec("train", "jobs/train.py", (*c, *day), ("build_examples",), torchrun=True, training=True),
+        TaskSpec("gate", "jobs/gate.py", (*c, *day), ("train",), training=True),
+        TaskSpec("score", "jobs/score.py", (*c, *day), ("build_sequences", "gate")),
+        TaskSpec("evaluate", "jobs/evaluate.py", (*c, "--as-of", LOGICAL_DATE, "--no-report"), ("score",)),
     ]
 
 
@@ -57,7 +74,8 @@ def _command(t: TaskSpec, target: str) -> str:
 
 
 def build_dag(variant: Optional[str] = None, dag_id: str = "tsa_nightly", schedule: str = "0 3 * * *",
-              start: dt.datetime = dt.datetime(2026, 1, 1), config: str = CONFIG) -> Any:
+              start: dt.datetime = dt.datetime(2026, 1, 1), config: str = CONFIG,
+              training_weekdays: tuple[int, ...] = DEFAULT_TRAIN_WEEKDAYS) -> Any:
     """Build the Airflow DAG (imports Airflow; everything else in this module does not)."""
     variant = variant or os.environ.get("TSA_AIRFLOW_VARIANT", "spark_submit")
     if variant not in VARIANTS:
@@ -76,25 +94,32 @@ def build_dag(variant: Optional[str] = None, dag_id: str = "tsa_nightly", schedu
     tasks: dict[str, Any] = {}
     specs = plan(config)
     with dag:
-        gate = ShortCircuitOperator(
+        night = ShortCircuitOperator(
             task_id="is_training_night",
             python_callable=_is_training_night,
+            op_kwargs={"weekdays": training_weekdays},
             ignore_downstream_trigger_rules=False,
         )
         for t in specs:
             tasks[t.task_id] = _operator(variant, t)
         for t in specs:
             for up in t.upstream:
-                tasks[up] >> tasks[t.task_id]
-        tasks["build_examples"] >> gate >> tasks["maybe_train"]
-        # scoring runs whether or not training ran tonight
+                if t.training and not _spec(specs, up).training:
+                    tasks[up] >> night >> tasks[t.task_id]   # the training branch starts behind the check
+                else:
+                    tasks[up] >> tasks[t.task_id]
+        # scoring and evaluation run whether or not the training branch ran tonight
         tasks["score"].trigger_rule = "none_failed"
     return dag
 
 
-def _is_training_night(**context: Any) -> bool:
+def _spec(specs: list[TaskSpec], task_id: str) -> TaskSpec:
+    return next(t for t in specs if t.task_id == task_id)
+
+
+def _is_training_night(weekdays: tuple[int, ...] = DEFAULT_TRAIN_WEEKDAYS, **context: Any) -> bool:
     conf = (context.get("dag_run").conf or {}) if context.get("dag_run") else {}
-    return bool(conf.get("train")) or context["logical_date"].weekday() == 6
+    return is_training_night(context["logical_date"].date(), weekdays, conf)
 
 
 def _operator(variant: str, t: TaskSpec) -> Any:

@@ -39,6 +39,10 @@ class ScoringError(RuntimeError):
     """Scores do not reconcile with the sequence targets."""
 
 
+class NoChampionError(ValueError):
+    """No model is named and the ``models`` table has no champion."""
+
+
 def scores_schema() -> "StructType":
     from pyspark.sql.types import ArrayType, DateType, DoubleType, FloatType, StringType, StructField, \
         StructType, TimestampType
@@ -65,8 +69,20 @@ def _udf_schema() -> "StructType":
     return StructType([f for f in scores_schema().fields if f.name not in drop])
 
 
-def resolve_model_path(cfg: SuiteConfig, override: Optional[str] = None) -> Path:
-    path = override or cfg.scoring.model_path or str(cfg.storage.artifacts_path(f"models/{cfg.training.model_name}"))
+def resolve_model_path(spark: "SparkSession", cfg: SuiteConfig, override: Optional[str] = None) -> Path:
+    """The artifact that scores: ``override``, else ``scoring.model_path``, else the champion of
+    ``training.model_name`` in the ``models`` table; never "the newest model"."""
+    from tsa_lib.registry.models_table import champion
+
+    path = override or cfg.scoring.model_path
+    if path is None:
+        champ = champion(spark, cfg)
+        if champ is None:
+            raise NoChampionError(f"no champion yet for model {cfg.training.model_name!r} in "
+                               f"{cfg.storage.qualified('models')}: train one (jobs/train.py), judge it with "
+                               f"jobs/gate.py, or name one with jobs/promote.py --model VERSION")
+        log.info("scoring with the champion %s", champ.version)
+        path = champ.path
     return resolve_artifact(path)
 
 
@@ -132,7 +148,8 @@ class ScoreSummary:
 def score_frame(spark: "SparkSession", cfg: SuiteConfig, loaded: LoadedModel, dates: list[dt.date],
                 run_id: str) -> tuple["DataFrame", "DataFrame"]:
     """(scores without run metadata, rejected rows) for ``dates``: a transform, nothing written."""
-    frame = build_examples_frame(spark, cfg, loaded.encoders, dates, run_id, with_history_ids=True)
+    frame = build_examples_frame(spark, cfg, loaded.encoders, dates, run_id, with_history_ids=True,
+                                 with_labels=False)
     scored = frame.examples.mapInArrow(make_scorer(loaded, cfg), _udf_schema())
     return scored, frame.rejected
 
@@ -147,7 +164,7 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
     if not ctx.dates:
         raise ValueError("score needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
-    loaded = load_artifact(resolve_model_path(cfg, model_path))  # fails before anything is written
+    loaded = load_artifact(resolve_model_path(spark, cfg, model_path))  # fails before anything is written
     s = ScoreSummary(dates=tuple(dates), model=f"{loaded.name}/{loaded.version}")
     s.targets = sequence_targets(spark, cfg, dates)
     scored, rejected = score_frame(spark, cfg, loaded, dates, ctx.run_id)

@@ -32,6 +32,10 @@ class ReconciliationError(RuntimeError):
     """Rows went missing: input targets != sequence targets + quarantined rows."""
 
 
+class EmptyRunDateError(ValueError):
+    """A run date has no input orders at all (a late or broken feed, unless the business says so)."""
+
+
 @dataclass
 class BuildSummary:
     dates: tuple[dt.date, ...]
@@ -95,8 +99,13 @@ def sequence_targets(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt
     return n
 
 
-def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext) -> BuildSummary:
-    """Build and write ``sequences_customer`` and ``sequences_card`` for ``ctx.dates``."""
+def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
+                        allow_empty: bool = False) -> BuildSummary:
+    """Build and write ``sequences_customer`` and ``sequences_card`` for ``ctx.dates``.
+
+    A run date without a single input order is an ``EmptyRunDateError`` before anything is
+    written, unless ``allow_empty`` (a day the business knows is empty).
+    """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -118,7 +127,13 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
     rejected = rejected.persist(StorageLevel.MEMORY_AND_DISK)
     s = BuildSummary(dates=tuple(dates))
     try:
-        s.input_rows = raw.filter(F.coalesce(F.to_date(ts), F.lit(last)).isin(dates)).count()
+        per_day = {r["d"]: int(r["n"]) for r in raw.select(F.coalesce(F.to_date(ts), F.lit(last)).alias("d"))
+                   .filter(F.col("d").isin(dates)).groupBy("d").agg(F.count(F.lit(1)).alias("n")).collect()}
+        empty = [d for d in dates if not per_day.get(d)]
+        if empty and not allow_empty:
+            raise EmptyRunDateError(f"no input orders for {fmt_dates(empty)} in input.transactions: a late or "
+                                    f"broken feed? (--allow-empty for a day known to be empty); nothing written")
+        s.input_rows = sum(per_day.values())
         s.reasons = {r["reason"]: int(r["count"]) for r in rejected.groupBy("reason").count().collect()}
         s.quarantined_input = sum(s.reasons.values())
         targets = clean.filter(F.col(DS).isin(dates))

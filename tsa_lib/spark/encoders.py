@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from tsa_lib.config import SuiteConfig
 from tsa_lib.features.encoders import Encoders, Scaler, new_version
@@ -56,8 +56,13 @@ def _scalers(df: "DataFrame", columns: tuple[str, ...], cfg: SuiteConfig) -> dic
     return out
 
 
-def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: dt.date) -> Encoders:
-    """Vocabularies and scalers from the orders of [start, end] (inclusive), quality-checked."""
+def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: dt.date,
+                 version: Optional[str] = None) -> Encoders:
+    """Vocabularies and scalers from the orders of [start, end] (inclusive), quality-checked.
+
+    ``version`` names the artifact (default: a new time-stamped one); a training night names it
+    after its run date, so a retried night rewrites the same version.
+    """
     from pyspark.sql import functions as F
 
     if end < start:
@@ -87,7 +92,7 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
     finally:
         clean.unpersist()
     enc = Encoders(
-        version=new_version(cfg.hash), config_hash=cfg.hash,
+        version=version or new_version(cfg.hash), config_hash=cfg.hash,
         window_start=start.isoformat(), window_end=end.isoformat(),
         categorical=tuple(cols.categorical), numerical=tuple(cols.numerical), engineered=tuple(cols.engineered),
         vocab=vocab, numeric_scalers=num, engineered_scalers=eng,

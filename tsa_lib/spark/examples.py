@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,8 @@ from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.features.encoders import Encoders
 from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, seq_tensors_to_arrow
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
-from tsa_lib.spark.inputs import read_engineered, read_labels
+from tsa_lib.spark.inputs import read_engineered
+from tsa_lib.spark.labels import read_labels
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -65,6 +66,7 @@ def examples_schema() -> "StructType":
         StructField("k_cat", arr_i, False), StructField("k_num", arr_f, False), StructField("k_dt", arr_f, False),
         StructField("k_len", IntegerType(), False),
         StructField("eng", arr_f, False),
+        StructField("labels_as_of", TimestampType(), False),
         StructField("encoder_version", StringType(), False), StructField("run_id", StringType(), False),
         StructField("ds", DateType(), False),
     ])
@@ -96,8 +98,13 @@ class ExamplesFrame:
 
 
 def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, dates: Sequence[dt.date],
-                         run_id: str, with_history_ids: bool = False) -> ExamplesFrame:
-    """Join the encoded customer and card windows, engineered features and labels per target order."""
+                         run_id: str, with_history_ids: bool = False, labels_as_of: Optional[dt.datetime] = None,
+                         with_labels: bool = True) -> ExamplesFrame:
+    """Join the encoded customer and card windows, engineered features and labels per target order.
+
+    ``label`` is the label known at ``labels_as_of`` (None: now), null when not known then
+    (``tsa_lib.spark.labels``); ``with_labels=False`` (scoring) reads no labels at all.
+    """
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
@@ -134,13 +141,15 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
     # orders with no engineered row get every engineered feature's default, scaled
     default_eng = encode_engineered(pa.table({c: pa.array([None], pa.float64()) for c in eng_cols}), enc)[0] \
         if eng_cols else np.zeros(0, np.float32)
-    labels = read_labels(spark, cfg, dates)
+    at = labels_as_of or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    labels = read_labels(spark, cfg, dates, at).drop("label_pending") if with_labels else None
 
     def zeros(n: int) -> "F.Column":
         return F.array_repeat(F.lit(0).cast("int"), n)
 
-    joined = (cust.join(card, "order_id", "left").join(eng, "order_id", "left")
-              .join(labels, ["order_id", "event_time"], "left"))
+    joined = cust.join(card, "order_id", "left").join(eng, "order_id", "left")
+    joined = joined.join(labels, ["order_id", "event_time"], "left") if labels is not None \
+        else joined.withColumn("label", F.lit(None).cast("int"))
     rejected = joined.filter(F.col("_bad").isNotNull()).select(
         "order_id", "event_time", F.lit("non_finite").alias("reason"),
         F.concat(F.lit("engineered "), F.col("_bad")).alias("detail"), F.lit(None).cast("string").alias("raw"))
@@ -155,6 +164,7 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
         F.coalesce("k_len", F.lit(-1)).alias("k_len"),
         F.coalesce("eng", F.array(*[F.lit(float(x)).cast("float") for x in default_eng])
                    if eng_cols else F.array().cast("array<float>")).alias("eng"),
+        F.lit(at).cast("timestamp").alias("labels_as_of"),
         F.lit(enc.version).alias("encoder_version"), F.lit(run_id).alias("run_id"),
         F.to_date("event_time").alias("ds"), *hist)
     return ExamplesFrame(examples=examples, rejected=rejected)
@@ -168,10 +178,14 @@ class ExamplesSummary:
     quarantined: int = 0
     labeled: int = 0
     positives: int = 0
+    pending: int = 0                  # orders whose label exists but is not known at labels_as_of
+    labels_as_of: Optional[dt.datetime] = None
 
 
-def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, enc: Encoders) -> ExamplesSummary:
-    """Write the ``examples`` partitions of ``ctx.dates`` and reconcile them with the sequence targets."""
+def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, enc: Encoders,
+                       labels_as_of: Optional[dt.datetime] = None) -> ExamplesSummary:
+    """Write the ``examples`` partitions of ``ctx.dates`` with the labels known at ``labels_as_of``
+    (None: now) and reconcile them with the sequence targets."""
     from pyspark.sql import functions as F
 
     from tsa_lib.spark.build_sequences import count_quarantined, sequence_targets, write_quarantine
@@ -179,9 +193,10 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
     if not ctx.dates:
         raise ValueError("build_examples needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
-    s = ExamplesSummary(dates=tuple(dates))
+    at = labels_as_of or ctx.started_at
+    s = ExamplesSummary(dates=tuple(dates), labels_as_of=at)
     s.targets = sequence_targets(spark, cfg, dates)
-    frame = build_examples_frame(spark, cfg, enc, dates, ctx.run_id)
+    frame = build_examples_frame(spark, cfg, enc, dates, ctx.run_id, labels_as_of=at)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
     schema = examples_schema()
     ensure_table(spark, path, schema, cfg.storage.qualified("examples"),
@@ -196,9 +211,11 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
            .first())
     s.examples, s.labeled, s.positives = int(agg["n"]), int(agg["labeled"]), int(agg["pos"] or 0)
     s.quarantined = count_quarantined(spark, cfg, dates, JOB)
+    s.pending = read_labels(spark, cfg, dates, at).filter(F.col("label_pending")).count()
     if s.examples + s.quarantined != s.targets:
         raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
                             f"{s.targets} for {fmt_dates(dates)}")
-    log.info("examples for %s: %d (+%d quarantined), %d labeled, %d positive", fmt_dates(dates),
-             s.examples, s.quarantined, s.labeled, s.positives)
+    log.info("examples for %s: %d (+%d quarantined), %d with a label known before %s (%d positive), %d labels "
+             "not known yet (left unlabeled)", fmt_dates(dates), s.examples, s.quarantined, s.labeled,
+             at.isoformat(), s.positives, s.pending)
     return s

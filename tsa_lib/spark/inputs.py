@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from tsa_lib.config import SuiteConfig
 from tsa_lib.spark.delta_io import read_source
@@ -26,24 +26,6 @@ def read_transactions(spark: "SparkSession", cfg: SuiteConfig, lo: Optional[dt.d
     if with_null_time:
         cond |= ts.isNull()
     return raw.filter(cond), ts
-
-
-def read_labels(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date]) -> "DataFrame":
-    """order_id (string), event_time, label of the orders on ``dates``; null labels when unlabeled.
-
-    Duplicated order ids (quarantined by the sequence job) resolve to the copy with the same
-    event time; if two copies share it, the larger label wins (deterministic).
-    """
-    from pyspark.sql import functions as F
-
-    cols = cfg.columns
-    lo = dt.datetime.combine(min(dates), dt.time())
-    hi = dt.datetime.combine(max(dates) + dt.timedelta(days=1), dt.time())
-    raw, ts = read_transactions(spark, cfg, lo, hi, with_null_time=False)
-    label = F.col(cols.label).cast("int") if cols.label and cols.label in raw.columns else F.lit(None).cast("int")
-    return (raw.select(F.col(cols.order_id).cast("string").alias("order_id"), ts.alias("event_time"),
-                       label.alias("label"))
-            .groupBy("order_id", "event_time").agg(F.max("label").alias("label")))
 
 
 def read_engineered(spark: "SparkSession", cfg: SuiteConfig,

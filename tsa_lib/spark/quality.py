@@ -40,13 +40,14 @@ class Checked:
     rejected: "DataFrame"
 
 
-def event_time_column(df: "DataFrame", name: str) -> "Column":
-    """The event time as a timestamp; strings are parsed (unparseable -> null)."""
+def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time") -> "Column":
+    """Column ``name`` (configured as ``key``) as a timestamp; strings are parsed (unparseable -> null),
+    numbers are epoch seconds."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import DateType, NumericType, StringType, TimestampNTZType, TimestampType
 
     if name not in df.columns:
-        raise ValueError(f"columns.event_time: column {name!r} is not in the input (columns: {df.columns})")
+        raise ValueError(f"{key}: column {name!r} is not in the input (columns: {df.columns})")
     dtype = df.schema[name].dataType
     if isinstance(dtype, TimestampType):
         return F.col(name)
@@ -56,7 +57,7 @@ def event_time_column(df: "DataFrame", name: str) -> "Column":
         return F.try_to_timestamp(F.col(name))
     if isinstance(dtype, NumericType):  # epoch seconds
         return F.timestamp_seconds(F.col(name))
-    raise ValueError(f"columns.event_time: column {name!r} has type {dtype.simpleString()}, "
+    raise ValueError(f"{key}: column {name!r} has type {dtype.simpleString()}, "
                      f"expected timestamp, date, string or epoch seconds")
 
 

@@ -96,6 +96,23 @@ def save_artifact(folder: Path, model: torch.nn.Module, cfg: ModelConfig, enc: E
     return folder
 
 
+def artifact_of_run_date(models_folder: str | Path, run_date: dt.date) -> Path:
+    """The newest complete artifact in ``models_folder`` trained for ``run_date`` (manifest ``run_date``)."""
+    folder = Path(models_folder)
+    found = []
+    for man in sorted(folder.glob("*/manifest.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(man.read_text())
+        except json.JSONDecodeError:
+            continue
+        if data.get("run_date") == run_date.isoformat() and all((man.parent / f).is_file() for f in FILES):
+            found.append(man.parent)
+    if not found:
+        raise ArtifactError(f"no model artifact trained for run date {run_date} in {str(folder)!r}: run "
+                            f"jobs/train.py --run-date {run_date} first")
+    return found[-1]
+
+
 def resolve_artifact(path: str | Path) -> Path:
     """An artifact folder, or a model folder holding LATEST."""
     p = Path(path)

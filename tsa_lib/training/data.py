@@ -40,8 +40,9 @@ def table_version(path: str) -> int:
 
 
 def read_examples(path: str, version: int, start: dt.date, end: dt.date, enc: Encoders,
-                  rank: int = 0, world_size: int = 1) -> ModelBatch:
-    """Rows of ``ds`` in [start, end] at ``version``: this rank's shard, checked against the encoders.
+                  rank: int = 0, world_size: int = 1, labels_as_of: Optional[dt.datetime] = None) -> ModelBatch:
+    """Rows of ``ds`` in [start, end] at ``version``: this rank's shard, checked against the encoders
+    and, when ``labels_as_of`` is given, against the instant the examples' labels were taken at.
 
     Each rank reads only its own files (every world_size-th data file of the window, in path
     order); with fewer files than ranks, each reads the window and keeps every world_size-th
@@ -70,6 +71,13 @@ def read_examples(path: str, version: int, start: dt.date, end: dt.date, enc: En
     if versions != {enc.version}:
         raise DataError(f"examples for {start}..{end} were encoded with {sorted(versions)}, "
                         f"but the encoders are {enc.version}: re-run jobs/build_examples.py")
+    if labels_as_of is not None:
+        found = {v for v in pc.unique(tbl.column("labels_as_of")).to_pylist()}
+        if found != {labels_as_of}:
+            raise DataError(f"examples for {start}..{end} carry labels known before "
+                            f"{sorted(str(v) for v in found)}, not before {labels_as_of}: re-run "
+                            f"jobs/build_examples.py --run-date {(labels_as_of - dt.timedelta(days=1)).date()} "
+                            f"--window training")
     tbl = tbl.sort_by([("ds", "ascending"), ("order_id", "ascending")])
     if world_size > 1 and not by_file:
         tbl = tbl.take(pa.array(np.arange(rank, tbl.num_rows, world_size)))

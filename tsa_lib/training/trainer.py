@@ -33,6 +33,7 @@ from tsa_lib.features.encoders import Encoders, load_encoders
 from tsa_lib.models.config import ModelConfig, load_model_config
 from tsa_lib.models.factory import build_model
 from tsa_lib.training.artifact import code_commit, model_config_for, new_model_version, save_artifact
+from tsa_lib.schedule import TrainingWindows, training_windows
 from tsa_lib.training.data import DataError, TensorData, model_inputs, read_examples, table_version
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,16 @@ class Plan:
     enc: Encoders
     model_cfg: ModelConfig
     examples_path: str
-    train: tuple[dt.date, dt.date]
-    valid: tuple[dt.date, dt.date]
+    windows: TrainingWindows
     run_dir: Path
+
+    @property
+    def train(self) -> tuple[dt.date, dt.date]:
+        return self.windows.train
+
+    @property
+    def valid(self) -> tuple[dt.date, dt.date]:
+        return self.windows.valid
 
 
 @dataclass
@@ -66,23 +74,22 @@ class State:
     done: bool = False
 
 
-def plan_training(cfg: SuiteConfig, encoders: Optional[str] = None, run_dir: Optional[str] = None) -> Plan:
-    """Validate the config, encoders, model preset and data location; raise before training on any problem."""
+def plan_training(cfg: SuiteConfig, encoders: Optional[str] = None, run_dir: Optional[str] = None,
+                  run_date: Optional[dt.date] = None) -> Plan:
+    """Validate the config, windows, encoders, model preset and data location; raise before training on
+    any problem.  With ``run_date`` the windows may be relative to it and the examples must carry the
+    labels known at its end (``tsa_lib.schedule``)."""
     tc = cfg.training
-    missing = [k for k in ("train_start", "train_end", "valid_start", "valid_end") if getattr(tc, k) is None]
-    if missing:
-        raise DataError(f"training: set {['training.' + k for k in missing]} (dates, YYYY-MM-DD)")
+    windows = training_windows(cfg, run_date)
     if tc.amp == "fp16" and not torch.cuda.is_available():
         raise DataError("training.amp: 'fp16' needs a GPU; use 'bf16' or 'none' on CPU")
     enc = load_encoders(encoders or cfg.storage.artifacts_path("encoders"))
     model_cfg = model_config_for(load_model_config(tc.model_preset), enc)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
     table_version(path)  # the table must exist
-    d = dt.date.fromisoformat
-    rd = Path(run_dir) if run_dir else cfg.storage.artifacts_path(f"runs/{tc.model_name}")
-    return Plan(cfg=cfg, tc=tc, enc=enc, model_cfg=model_cfg, examples_path=path,
-                train=(d(tc.train_start), d(tc.train_end)), valid=(d(tc.valid_start), d(tc.valid_end)),
-                run_dir=rd)
+    rd = Path(run_dir) if run_dir else cfg.storage.artifacts_path(
+        f"runs/{tc.model_name}" + (f"/{run_date.isoformat()}" if run_date else ""))
+    return Plan(cfg=cfg, tc=tc, enc=enc, model_cfg=model_cfg, examples_path=path, windows=windows, run_dir=rd)
 
 
 # ---- distribution helpers ------------------------------------------------------------------------------
@@ -283,8 +290,21 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
     version = _broadcast(plan.tc.examples_version if plan.tc.examples_version is not None
                          else table_version(plan.examples_path), d)
     t0 = time.perf_counter()
-    tr_batch = read_examples(plan.examples_path, version, *plan.train, plan.enc, d.rank, d.world)
-    va_batch = read_examples(plan.examples_path, version, *plan.valid, plan.enc, d.rank, d.world)
+    as_of = plan.windows.labels_as_of if plan.windows.run_date is not None else None
+    tr_batch = read_examples(plan.examples_path, version, *plan.train, plan.enc, d.rank, d.world, as_of)
+    va_batch = read_examples(plan.examples_path, version, *plan.valid, plan.enc, d.rank, d.world, as_of)
+    counts = {k: int(_all_sum(float(v), d)) for k, v in (
+        ("train_rows", len(tr_batch)), ("train_known", int((tr_batch.label >= 0).sum())),
+        ("train_positives", int((tr_batch.label == 1).sum())), ("valid_rows", len(va_batch)),
+        ("valid_known", int((va_batch.label >= 0).sum())), ("valid_positives", int((va_batch.label == 1).sum())))}
+    if d.main:
+        log.info("labels known%s: train %d of %d orders (%d fraud), valid %d of %d (%d fraud); the orders whose "
+                 "label is not known are left out", f" before {as_of:%Y-%m-%d %H:%M}" if as_of else "",
+                 counts["train_known"], counts["train_rows"], counts["train_positives"], counts["valid_known"],
+                 counts["valid_rows"], counts["valid_positives"])
+    if counts["train_known"] < tc.min_known_labels:
+        raise DataError(f"training window {plan.train[0]}..{plan.train[1]} has {counts['train_known']} known labels, "
+                        f"fewer than training.min_known_labels={tc.min_known_labels}")
     train_data = TensorData.from_batch(_labeled(tr_batch), d.device)
     valid_data = TensorData.from_batch(_labeled(va_batch), d.device)
     weight = _class_weight(train_data.labels(), tc, d)
@@ -421,8 +441,10 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "code_commit": code_commit(),
         "torch_version": torch.__version__, "world_size": d.world, "device": d.device.type,
         "ranks_in_sync": len(set(digests)) == 1, "final_weights_digest": final_digest,
+        "run_date": plan.windows.run_date.isoformat() if plan.windows.run_date else None,
         "data": {"examples_path": plan.examples_path, "examples_version": version,
-                 "train": [x.isoformat() for x in plan.train], "valid": [x.isoformat() for x in plan.valid]},
+                 "train": [x.isoformat() for x in plan.train], "valid": [x.isoformat() for x in plan.valid],
+                 "labels_as_of": as_of.isoformat() if as_of else None, **counts},
         "encoders_version": plan.enc.version, "suite_config": to_dict(plan.cfg), "config_hash": plan.cfg.hash,
     }
     folder = plan.cfg.storage.artifacts_path(f"models/{tc.model_name}") / version_name
