@@ -30,5 +30,5 @@ setup(
         "bench": SPARK + ["scikit-learn>=1.4", "lightgbm>=4", "psutil>=5"],
         "airflow": ["apache-airflow>=2.9"],
     },
-    package_data={"tsa_lib": ["py.typed"]},
+    package_data={"tsa_lib": ["py.typed"], "tsa_lib.models.presets": ["*.yaml"]},
 )

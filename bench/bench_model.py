@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="seed", help="preset name (conf/models/<name>.yaml) or path")
+    p.add_argument("--preset", default="seed", help="preset name (tiny, small, seed) or a YAML path")
     p.add_argument("--model", choices=["single_seq", "two_seq"], default=None, help="override model_type")
     p.add_argument("--moe", choices=["on", "off", "preset"], default="preset", help="override use_moe")
     p.add_argument("--batch", type=int, default=None, help="default: 1024 on CUDA, 64 on CPU")

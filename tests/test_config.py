@@ -31,6 +31,44 @@ def test_shipped_configs_load(name: str) -> None:
     assert cfg.columns.order_id and cfg.columns.categorical
 
 
+@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml", "emr.yaml"])
+def test_shipped_configs_plan_training_and_scoring(name: str) -> None:
+    """Each shipped config plans a training night and a scoring night: windows from the run date,
+    a shipped model preset, artifacts outside the package, the DAG's commands."""
+    import datetime as dt
+
+    from tsa_lib.models.config import load_model_config
+    from tsa_lib.orchestration.airflow_dag import plan
+    from tsa_lib.schedule import matured_day, training_windows
+
+    cfg = load_config(CONF / name)
+    d = dt.date(2026, 6, 30)
+    w = training_windows(cfg, d)
+    assert w.train[0] < w.train[1] < w.valid[0] <= w.valid[1] == matured_day(cfg, d) <= d
+    assert w.labels_as_of == dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc)
+    assert cfg.training.min_known_labels > 0 and cfg.promotion.metric in ("average_precision", "roc_auc")
+    load_model_config(cfg.training.model_preset)
+    art = cfg.storage.artifacts_path("models")
+    assert "site-packages" not in str(art) and "/tsa_lib/" not in str(art)
+    for t in plan(f"conf/{name}"):
+        assert (PROJECT_ROOT / t.job).is_file(), t.job
+        assert "2026-06-30" in t.render("2026-06-30") and "{{" not in " ".join(t.render("2026-06-30"))
+
+
+def test_artifacts_location() -> None:
+    from tsa_lib.config import StorageConfig
+
+    assert StorageConfig(warehouse="/data/wh").artifacts_path("models") == Path("/data/wh/artifacts/models")
+    assert StorageConfig(warehouse="dbfs:/tsa/wh").artifacts_path() == Path("/dbfs/tsa/wh/artifacts")
+    assert StorageConfig(warehouse="s3://b/wh", artifacts="/Volumes/c/s/v").artifacts_path("x") == \
+        Path("/Volumes/c/s/v/x")
+    with pytest.raises(ConfigError, match="storage.artifacts: set a file-system path for encoders and models; "
+                                          "the warehouse 's3://b/wh' is not one"):
+        StorageConfig(warehouse="s3://b/wh").artifacts_path()
+    with pytest.raises(ConfigError, match="storage.artifacts: 's3://b/a' must be a file-system path"):
+        StorageConfig(artifacts="s3://b/a")
+
+
 def test_local_config_values() -> None:
     cfg = load_config(CONF / "local.yaml")
     assert cfg.spark.master == "local[2]"
@@ -103,6 +141,16 @@ def test_categorical_column_may_also_be_relative(tmp_path: Path) -> None:
     (lambda d: d["generator"].update(start_date="2026-13-01"), "generator.start_date"),
     (lambda d: d["columns"].pop("categorical") and d["columns"].pop("numerical"), "at least one"),
     (lambda d: d.pop("columns"), "columns: required key is missing"),
+    (lambda d: d["training"].update(train_start="2026-01-08"),
+     "training.window cannot be combined with fixed dates ['training.train_start']"),
+    (lambda d: d["training"].update(window={"train_days": 10}), "training.window.valid_days: required key is missing"),
+    (lambda d: d["training"].update(min_known_labels=0), "training.min_known_labels: must be > 0, got 0"),
+    (lambda d: d["labels"].update(delay_days=-2), "labels.delay_days: must be >= 0, got -2"),
+    (lambda d: d["labels"].update(mature_after_days=-1), "labels.mature_after_days: must be an integer >= 0"),
+    (lambda d: d["columns"].update(label_time="order_ts"), "columns.label_time: column 'order_ts' is already used"),
+    (lambda d: d["columns"].update(label=None), "columns.label_time: 'label_ts' is set but columns.label is not"),
+    (lambda d: d["promotion"].update(metric="f1"), "'f1' is not one of ['average_precision', 'roc_auc']"),
+    (lambda d: d["storage"].update(artifacts="s3://x/a"), "storage.artifacts: 's3://x/a' must be a file-system"),
 ])
 def test_bad_values_are_named(tmp_path: Path, mutate: Any, expected: str) -> None:
     d = _local()

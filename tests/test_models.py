@@ -546,7 +546,7 @@ def test_presets_load_and_build() -> None:
     with pytest.raises(ConfigError, match="vocab_size"):
         small.replace(vocab_size=0)
     # a preset by path works too
-    assert load_model_config(Path(__file__).resolve().parents[1] / "conf/models/tiny.yaml") == tiny
+    assert load_model_config(Path(__file__).resolve().parents[1] / "tsa_lib/models/presets/tiny.yaml") == tiny
 
 
 BAD_PRESETS = [

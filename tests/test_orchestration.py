@@ -16,23 +16,31 @@ SUBMIT = str(PROJECT_ROOT / "spark-submit.sh")
 
 def test_plan_order_and_templated_dates() -> None:
     p = {t.task_id: t for t in plan("conf/x.yaml")}
-    assert list(p) == ["build_sequences", "build_examples", "maybe_train", "score", "evaluate"]
-    assert p["build_examples"].upstream == ("build_sequences",)
-    assert p["score"].upstream == ("build_sequences", "maybe_train")
-    assert p["evaluate"].upstream == ("score",)
-    for t in ("build_sequences", "build_examples", "score"):
+    assert list(p) == ["build_sequences", "fit_encoders", "build_examples", "train", "gate", "score", "evaluate"]
+    assert [t for t, s in p.items() if s.training] == ["fit_encoders", "build_examples", "train", "gate"]
+    assert p["fit_encoders"].upstream == ("build_sequences",) and p["gate"].upstream == ("train",)
+    assert p["score"].upstream == ("build_sequences", "gate") and p["evaluate"].upstream == ("score",)
+    for t in ("build_sequences", "fit_encoders", "train", "gate", "score"):
         assert p[t].args[-2:] == ("--run-date", "{{ ds }}")  # the logical date, so retries/backfills are idempotent
-    assert p["maybe_train"].torchrun and "--run-date" not in p["maybe_train"].args
+    assert p["build_examples"].render("2026-03-01") == ("--config", "conf/x.yaml", "--run-date", "2026-03-01",
+                                                         "--window", "training")
+    assert p["evaluate"].render("2026-03-08") == ("--config", "conf/x.yaml", "--as-of", "2026-03-08", "--no-report")
+    assert p["train"].torchrun and not p["score"].torchrun
 
 
 def test_dag_with_airflow() -> None:
     pytest.importorskip("airflow", reason="apache-airflow is an optional extra (pip install .[airflow])")
     from tsa_lib.orchestration.airflow_dag import build_dag
 
-    dag = build_dag("spark_submit")
+    dag = build_dag("spark_submit", training_weekdays=(6,))
     ids = {t.task_id for t in dag.tasks}
-    assert {"build_sequences", "build_examples", "is_training_night", "maybe_train", "score", "evaluate"} <= ids
+    assert {"build_sequences", "is_training_night", "fit_encoders", "build_examples", "train", "gate", "score",
+            "evaluate"} == ids
     assert "{{ ds }}" in dag.get_task("score").bash_command
+    assert dag.get_task("is_training_night").downstream_task_ids == {"fit_encoders"}
+    assert dag.get_task("score").upstream_task_ids == {"build_sequences", "gate"}
+    assert dag.get_task("score").trigger_rule == "none_failed"
+    assert "torchrun" in dag.get_task("train").bash_command
 
 
 def _dry(*args: str) -> str:

@@ -364,7 +364,7 @@ class EncoderConfig:
 class TrainConfig:
     """The training job: data windows, optimisation, precision, checkpoints, early stopping."""
 
-    model_preset: str = "small"             # conf/models/<name>.yaml or a path
+    model_preset: str = "small"             # a shipped preset (tiny, small, seed) or a YAML path
     model_name: str = "tsa"
     # Windows relative to the run date (the nightly life) ...
     window: Optional[TrainWindow] = None

@@ -1,8 +1,10 @@
 """`make demo`: the whole nightly pipeline on the embedded default, through the real entry points.
 
-generate -> build sequences -> fit encoders -> build examples -> train (torchrun, 2 CPU ranks)
--> score -> evaluate, then a Spark SQL query over tsa.scores and the metrics.
-Each step is the same command a user or Airflow runs (./spark-submit.sh ..., torchrun ...).
+generate -> build sequences -> a training night D (fit encoders on D's training window, build
+examples with the labels known at D, train with torchrun on 2 CPU ranks, the champion gate)
+-> score the days after D with the champion -> evaluate, then Spark SQL over tsa.scores,
+tsa.metrics, tsa.models and tsa.quarantine.  Each step is the same command a user or the
+nightly DAG runs (./spark-submit.sh ..., torchrun ...).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from typing import Sequence
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig, load_config
 
 SUBMIT = str(PROJECT_ROOT / "spark-submit.sh")
+SPARK_LOG = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d ")   # Spark's own log4j lines (yy/MM/dd HH:mm:ss)
 
 
 def _step(n: int, total: int, title: str, cmd: Sequence[str]) -> float:
@@ -31,7 +35,7 @@ def _step(n: int, total: int, title: str, cmd: Sequence[str]) -> float:
     assert proc.stdout is not None
     for line in proc.stdout:  # progress stays visible: the jobs' own log lines, minus Spark's noise
         if " WARN " in line or line.startswith(("WARNING: Using incubator", "Using Spark's default", "Setting default log",
-                                                "To adjust logging", "26/")) or not line.strip():
+                                                "To adjust logging")) or SPARK_LOG.match(line) or not line.strip():
             continue
         print("    " + line.rstrip(), flush=True)
     if proc.wait() != 0:
@@ -41,14 +45,18 @@ def _step(n: int, total: int, title: str, cmd: Sequence[str]) -> float:
     return took
 
 
+SCORED_DAYS = 10   # the demo's training night is this many days before the last generated day
+
+
 def _dates(cfg: SuiteConfig) -> dict[str, str]:
-    tc, g = cfg.training, cfg.generator
+    from tsa_lib.schedule import training_windows
+
+    g = cfg.generator
     last = dt.date.fromisoformat(g.start_date) + dt.timedelta(days=g.n_days - 1)
-    score_start = dt.date.fromisoformat(tc.valid_end or g.start_date) + dt.timedelta(days=1)
-    return {"seq_start": tc.train_start or g.start_date, "last": last.isoformat(),
-            "train_start": tc.train_start or g.start_date, "train_end": tc.train_end or "",
-            "valid_end": tc.valid_end or "", "score_start": score_start.isoformat(),
-            "fit_start": g.start_date}
+    night = last - dt.timedelta(days=SCORED_DAYS)
+    w = training_windows(cfg, night)
+    return {"seq_start": w.train[0].isoformat(), "last": last.isoformat(), "night": night.isoformat(),
+            "windows": w.describe(), "score_start": (night + dt.timedelta(days=1)).isoformat()}
 
 
 def clear_suite_tables(cfg: SuiteConfig) -> list[str]:
@@ -84,18 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = ["--config", args.config]
     py = sys.executable
     t0 = time.perf_counter()
+    night = ["--run-date", d["night"]]
     steps = [
         ("generate synthetic transactions (Delta)", [SUBMIT, "jobs/generate_data.py", *c]),
         (f"build customer and card sequences {d['seq_start']}..{d['last']}",
          [SUBMIT, "jobs/build_sequences.py", *c, "--start-date", d["seq_start"], "--end-date", d["last"]]),
-        (f"fit encoders on the training window {d['fit_start']}..{d['train_end']}",
-         [SUBMIT, "jobs/fit_encoders.py", *c, "--start-date", d["fit_start"], "--end-date", d["train_end"]]),
-        (f"encode examples {d['train_start']}..{d['valid_end']}",
-         [SUBMIT, "jobs/build_examples.py", *c, "--start-date", d["train_start"], "--end-date", d["valid_end"]]),
+        (f"training night {d['night']} ({d['windows']}): fit encoders on the training window",
+         [SUBMIT, "jobs/fit_encoders.py", *c, *night]),
+        ("encode the training and validation windows with the labels known on the training night",
+         [SUBMIT, "jobs/build_examples.py", *c, *night, "--window", "training"]),
         (f"train with torchrun ({args.nproc} CPU processes, gloo)",
          [py, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc), "--master-port",
-          os.environ.get("TSA_DEMO_PORT", "29517"), "jobs/train.py", *c]),
-        (f"score {d['score_start']}..{d['last']} (pandas-free Arrow UDF, model cached per worker)",
+          os.environ.get("TSA_DEMO_PORT", "29517"), "jobs/train.py", *c, *night]),
+        ("champion gate: the new model against the champion on its validation window",
+         [SUBMIT, "jobs/gate.py", *c, *night]),
+        (f"score {d['score_start']}..{d['last']} with the champion (Arrow UDF, model cached per worker)",
          [SUBMIT, "jobs/score.py", *c, "--start-date", d["score_start"], "--end-date", d["last"]]),
         (f"evaluate {d['score_start']}..{d['last']}",
          [SUBMIT, "jobs/evaluate.py", *c, "--start-date", d["score_start"], "--end-date", d["last"]]),
@@ -131,6 +142,10 @@ def show(cfg: SuiteConfig, day: str, first: str) -> None:
         spark.sql(q2).show(40)
         spark.sql(f"SELECT job, reason, count(*) AS n FROM {db}.quarantine GROUP BY job, reason "
                   f"ORDER BY job, n DESC").show(20, truncate=False)
+        q3 = (f"SELECT ds, action, model_version, decision, round(model_value, 4) AS value, reason\n"
+              f"FROM {db}.models ORDER BY ds, decided_at")
+        print(q3)
+        spark.sql(q3).show(10, truncate=60)
     finally:
         spark.stop()
 

@@ -141,16 +141,16 @@ def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, date
 def write_model_config(work: Path, base: Path, model_type: str, epochs: int, tag: str = "",
                        model_overrides: Mapping[str, Any] = MappingProxyType({})) -> tuple[Path, str]:
     """Config of one (model type, epochs) run: its preset file, model name and scores table."""
-    preset = yaml.safe_load((PROJECT_ROOT / "conf" / "models" / "small.yaml").read_text())
+    preset = yaml.safe_load((PROJECT_ROOT / "tsa_lib" / "models" / "presets" / "small.yaml").read_text())
     preset["model_type"] = model_type
     base_cols = yaml.safe_load(base.read_text())["columns"]
     preset["n_cat_features"] = len(base_cols["categorical"]) + len(base_cols.get("relative", []))
     for key in model_overrides:
         if key not in preset:
-            raise SystemExit(f"--model-set: {key!r} is not a key of conf/models/small.yaml ({sorted(preset)})")
+            raise SystemExit(f"--model-set: {key!r} is not a key of the small preset ({sorted(preset)})")
     preset.update(model_overrides)
     preset_path = work / f"model_small_{model_type}{tag}.yaml"
-    preset_path.write_text(f"# conf/models/small.yaml with model_type {model_type}\n"
+    preset_path.write_text(f"# the small preset with model_type {model_type}\n"
                            + yaml.safe_dump(preset, sort_keys=False))
     name = f"tsa_q_{model_type}_e{epochs}{tag}"
     data = yaml.safe_load(base.read_text())

@@ -11,7 +11,7 @@ Public API::
 
 from tsa_lib.models.config import (
     MODEL_TYPES,
-    PRESETS_DIR,
+    PRESETS,
     ModelConfig,
     available_presets,
     load_model_config,
@@ -41,7 +41,7 @@ from tsa_lib.models.two_seq_moe_order_feature_attention_classifier import (
 
 __all__ = [
     "MODEL_TYPES",
-    "PRESETS_DIR",
+    "PRESETS",
     "ModelConfig",
     "available_presets",
     "load_model_config",

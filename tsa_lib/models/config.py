@@ -1,6 +1,7 @@
 """The model's typed configuration (``ModelConfig``) and its YAML presets.
 
-Presets live in ``conf/models/<name>.yaml`` at the repository root:
+Presets live in ``tsa_lib/models/presets/<name>.yaml`` (package data: the wheel that runs
+on clusters carries them):
 
 - ``tiny``:  tests (4 categorical, 3 numerical, 5 engineered, dim 16, seq_len 8);
 - ``small``: the CPU demo (matches ``conf/local.yaml``: 4 categorical, 3 numerical,
@@ -17,10 +18,13 @@ every artifact as ``to_dict(cfg)`` and rebuilt with ``model_config_from_dict``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
+
+import yaml
 
 from tsa_lib.config_base import (
     ConfigError,
@@ -34,13 +38,13 @@ from tsa_lib.config_base import (
 
 log = logging.getLogger(__name__)
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "conf" / "models"
+PRESETS = "tsa_lib.models.presets"   # the package whose *.yaml files are the presets
 
 MODEL_TYPES = ("single_seq", "two_seq")
 
 __all__ = [
     "ModelConfig",
-    "PRESETS_DIR",
+    "PRESETS",
     "MODEL_TYPES",
     "available_presets",
     "load_model_config",
@@ -180,33 +184,35 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     return from_dict(ModelConfig, data)
 
 
+def _presets() -> "importlib.resources.abc.Traversable":
+    return importlib.resources.files(PRESETS)
+
+
 def available_presets() -> list[str]:
-    """Names of the presets in ``conf/models``."""
-    if not PRESETS_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def _resolve(path_or_name: str | Path) -> Path:
-    p = Path(path_or_name)
-    if p.suffix in (".yaml", ".yml", ".json") or p.is_file() or len(p.parts) > 1:
-        return p
-    candidate = PRESETS_DIR / f"{p.name}.yaml"
-    if not candidate.is_file():
-        raise ConfigError(
-            f"model preset {str(path_or_name)!r} not found in {str(PRESETS_DIR)!r} "
-            f"(available: {available_presets()})"
-        )
-    return candidate
+    """Names of the shipped presets (read through importlib.resources: works from a zipped wheel too)."""
+    return sorted(p.name[: -len(".yaml")] for p in _presets().iterdir() if p.name.endswith(".yaml"))
 
 
 def load_model_config(path_or_name: str | Path) -> ModelConfig:
-    """Load and validate a model preset: a preset name (``conf/models/<name>.yaml``) or a file path.
+    """Load and validate a model preset: a shipped preset's name (``tiny``, ``small``, ``seed``) or a
+    YAML/JSON file path.
 
     Errors are ``ConfigError`` naming the file and the offending key(s).
     """
-    path = _resolve(path_or_name)
-    data = load_yaml(path)
+    p = Path(path_or_name)
+    if p.suffix in (".yaml", ".yml", ".json") or p.is_file() or len(p.parts) > 1:
+        path: str = str(p)
+        data = load_yaml(p)
+    else:
+        res = _presets() / f"{p.name}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"model preset {str(path_or_name)!r} not found among the shipped presets "
+                              f"(available: {available_presets()})")
+        path = f"{PRESETS}/{p.name}.yaml"
+        try:
+            data = yaml.safe_load(res.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"model preset {path!r} is not valid YAML: {e}") from e
     try:
         cfg = model_config_from_dict(data)
     except ConfigError as e:

@@ -28,7 +28,7 @@ TABLE_PROPERTIES = {
     "delta.columnMapping.mode": "none",
     "delta.appendOnly": "false",
 }
-SUITE_TABLES = ("sequences_customer", "sequences_card", "examples", "scores", "quarantine", "metrics")
+SUITE_TABLES = ("sequences_customer", "sequences_card", "examples", "scores", "quarantine", "metrics", "models")
 
 
 def read_source(spark: "SparkSession", source: TableSource, root: Path = PROJECT_ROOT) -> "DataFrame":
