@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from tsa_lib.evaluation.metrics import (
     average_precision,
     card_precision_at_k,
+    card_precision_by_day,
     psi,
     recall_at_fpr,
     roc_auc,
@@ -83,12 +84,13 @@ S = [0.9, 0.2, 0.8, 0.7, 0.1, 0.3, 0.6, 0.95]
 
 def test_card_precision_two_days() -> None:
     # day 1 maxima: A .9 (fraud), B .8, C .7 (fraud), D .1; day 2: C .95 (fraud), E .6 (fraud), A .3
-    # k=2: day 1 top {A, B} -> 1/2, day 2 top {C, E} -> 1 -> mean 3/4
+    # k=2: day 1 top {A, B} -> 1/2 (A detected), day 2 without A: top {C, E} -> 1 -> mean 3/4
     assert card_precision_at_k(CARD, DAY, Y, S, k=2) == 0.75
-    # k=3: day 1 {A, B, C} -> 2/3; day 2 all three cards -> 2/3
-    assert card_precision_at_k(CARD, DAY, Y, S, k=3) == pytest.approx(2 / 3)
-    # k larger than any day: all cards of each day: day 1 2/4, day 2 2/3
-    assert card_precision_at_k(CARD, DAY, Y, S, k=100) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert card_precision_by_day(CARD, DAY, Y, S, k=2) == {1: 0.5, 2: 1.0}
+    # k=3: day 1 {A, B, C} -> 2/3, A and C detected; day 2 only E is left -> 1/3
+    assert card_precision_by_day(CARD, DAY, Y, S, k=3) == pytest.approx({1: 2 / 3, 2: 1 / 3})
+    # k larger than any day: out of k all the same: day 1 2/100, day 2 (E) 1/100
+    assert card_precision_at_k(CARD, DAY, Y, S, k=100) == pytest.approx((0.02 + 0.01) / 2)
     # input order does not matter
     p = np.random.default_rng(0).permutation(len(CARD))
     assert card_precision_at_k(np.array(CARD, object)[p], np.array(DAY)[p], np.array(Y)[p], np.array(S)[p],
@@ -120,7 +122,7 @@ def test_summarize_keys_and_values() -> None:
     assert out["n"] == 8 and out["positives"] == 4
     assert out["roc_auc"] == roc_auc(Y, S)
     with_cards = summarize(Y, S, card_ids=CARD, day=DAY)
-    assert with_cards["card_precision_at_100"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert with_cards["card_precision_at_100"] == pytest.approx((0.02 + 0.01) / 2)
 
 
 # ---- agreement with sklearn ------------------------------------------------------------

@@ -64,6 +64,8 @@ def scored(spark, write_orders, warehouse: Path) -> dict[str, Any]:  # type: ign
                         {"model_name": "scorer", "version": "v1"})
     from tsa_lib.scoring.job import run_scoring
 
+    cfg = cfg.replace(scoring=ScoringConfig(batch_size=2, top_k=2, model_path=str(art)))   # pinned, no champion
+
     summary = run_scoring(spark, cfg, _ctx(D3))
     return {"cfg": cfg, "enc": enc, "artifact": art, "summary": summary}
 

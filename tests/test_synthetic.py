@@ -96,3 +96,30 @@ def test_bad_generator_arguments() -> None:
         generate(GeneratorConfig(n_customers=10, n_days=10), dirty_rate=0.5)
     with pytest.raises(ConfigError, match="generator.n_customers"):
         GeneratorConfig(n_customers=0)
+
+
+def test_label_times_and_merchants(data) -> None:  # type: ignore[no-untyped-def]
+    tx = data.transactions.dropna(subset=["order_ts"])
+    fraud = tx[tx["is_fraud"] == 1]
+    delay = (fraud["label_ts"] - fraud["order_ts"]).dt.total_seconds() / 86400
+    assert delay.min() >= 1.0 and delay.max() <= 60.0 and 4 < delay.mean() < 12   # reports 1 to 60 days late
+    assert tx.loc[tx["is_fraud"] == 0, "label_ts"].isna().all()
+    assert tx["merchant_id"].str.match(r"^M\d\d_\d+$").all()
+    assert "compromised_merchant" not in set(tx["scenario"])            # off by default
+
+
+def test_compromised_merchants() -> None:
+    g = generate(GeneratorConfig(seed=11, n_customers=3000, n_days=45, compromised_merchants=4))
+    tx = g.transactions.dropna(subset=["order_ts"])
+    hit = tx[tx["scenario"] == "compromised_merchant"]
+    assert hit["merchant_id"].nunique() == 4 and (hit["is_fraud"] == 1).all() and hit["label_ts"].notna().all()
+    for m, rows in hit.groupby("merchant_id"):
+        lo, hi = rows["order_ts"].min(), rows["order_ts"].max()
+        assert hi - lo <= pd.Timedelta(days=28)
+        during = tx[(tx["merchant_id"] == m) & tx["order_ts"].between(lo, hi)]
+        assert (during["is_fraud"] == 1).mean() > 0.6, m                  # most of its orders, for weeks
+    base = generate(CFG).transactions
+    same = generate(GeneratorConfig(seed=11, n_customers=3000, n_days=45, compromised_merchants=4)).transactions
+    cols = ["order_id", "customer_id", "card_id", "merchant_id", "order_ts", "amount", "country"]
+    pd.testing.assert_frame_equal(base[cols], same[cols])                # only labels change
+    pd.testing.assert_frame_equal(generate(CFG).order_features, g.order_features)

@@ -161,7 +161,7 @@ def test_errors_before_training(setup: dict[str, Any], tmp_path: Path) -> None:
     plan = plan_training(cfg)
     assert plan.model_cfg.n_cat_features == 2 and plan.train == (dt.date(2026, 1, 1), dt.date(2026, 1, 9))
     no_window = cfg.replace(training=cfg.training.__class__(model_preset="tiny"))
-    with pytest.raises(DataError, match=r"training.train_start"):
+    with pytest.raises(ConfigError, match=r"set training.window \{train_days, valid_days\} .* 'training.train_start'"):
         plan_training(no_window)
     other = cfg.replace(storage=cfg.storage.__class__(warehouse=str(tmp_path), database="none",
                                                       artifacts=cfg.storage.artifacts))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -42,6 +43,7 @@ def _project_root() -> Path:
 
 
 PROJECT_ROOT = _project_root()
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:/")   # s3://..., abfss://..., dbfs:/...
 
 __all__ = [
     "ConfigError",
@@ -59,6 +61,7 @@ __all__ = [
     "EncoderConfig",
     "TrainConfig",
     "ScoringConfig",
+    "EvaluationConfig",
     "GeneratorConfig",
     "SuiteConfig",
     "load_config",
@@ -211,7 +214,7 @@ class StorageConfig:
                               f"/dbfs/... or /Volumes/...), not an object-store URI")
 
     def warehouse_path(self, root: Path = PROJECT_ROOT) -> str:
-        if "://" in self.warehouse or os.path.isabs(self.warehouse):
+        if _URI.match(self.warehouse) or os.path.isabs(self.warehouse):
             return self.warehouse
         return str((root / self.warehouse).resolve())
 
@@ -228,7 +231,7 @@ class StorageConfig:
             wh = self.warehouse_path(root)
             if wh.startswith("dbfs:/"):
                 wh = "/dbfs/" + wh[len("dbfs:/"):].lstrip("/")
-            if "://" in wh:
+            if _URI.match(wh):
                 raise ConfigError(f"storage.artifacts: set a file-system path for encoders and models; the "
                                   f"warehouse {self.warehouse!r} is not one")
             base = Path(wh) / "artifacts"
@@ -248,10 +251,15 @@ class LabelsConfig:
 
     ``mature_after_days``: a day's labels count as mature (complete enough to train,
     validate and evaluate on) that many days after it; training windows end there.
+
+    ``feedback``: every past order in a customer or card window also shows its label as
+    known at the target order's time (known fraud / known legitimate / not known yet); the
+    target's own label never.
     """
 
     delay_days: float = 0.0
     mature_after_days: int = 0
+    feedback: bool = False
 
     def __post_init__(self) -> None:
         check_positive("labels.delay_days", self.delay_days, allow_zero=True)
@@ -446,6 +454,13 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """Daily evaluation: whose precision@100 (cards: the second entity; or customers)."""
+
+    precision_entity: Literal["card", "customer"] = "card"
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """Synthetic data (the embedded default's input)."""
 
@@ -455,6 +470,7 @@ class GeneratorConfig:
     n_days: int = 60
     orders_per_customer_per_day: float = 0.17
     fraud_rate: float = 0.02
+    compromised_merchants: int = 0     # merchants whose orders turn mostly fraudulent for a few weeks
 
     def __post_init__(self) -> None:
         check_positive("generator.n_customers", self.n_customers)
@@ -463,6 +479,7 @@ class GeneratorConfig:
         if not 0.0 < self.fraud_rate < 0.5:
             raise ConfigError(f"generator.fraud_rate: must be in (0, 0.5), got {self.fraud_rate!r}")
         _check_date("generator.start_date", self.start_date)
+        check_positive("generator.compromised_merchants", self.compromised_merchants, allow_zero=True)
 
 
 def _check_date(key: str, value: str) -> str:
@@ -490,9 +507,16 @@ class SuiteConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def __post_init__(self) -> None:
+        if self.labels.feedback and (self.columns.label is None or
+                                     (self.columns.label_time is None and self.labels.delay_days <= 0)):
+            raise ConfigError("labels.feedback: needs columns.label and when labels become known: columns.label_time "
+                              f"or labels.delay_days > 0 (got label={self.columns.label!r}, label_time="
+                              f"{self.columns.label_time!r}, delay_days={self.labels.delay_days!r}); without them "
+                              f"an order's label would be visible right after it")
         numeric = set(self.columns.numerical) | set(self.columns.engineered)
         for i, col in enumerate(self.encoders.log1p):
             if col not in numeric:

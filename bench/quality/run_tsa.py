@@ -129,6 +129,7 @@ def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, date
     g.update(seed=seed, n_customers=n_customers, n_days=n_days)
     if g["start_date"] != dates["data_start"]:
         raise ValueError(f"generator.start_date {g['start_date']} != {dates['data_start']}")
+    data["training"].pop("window", None)   # the peers' fixed split, not the nightly window
     data["training"].update(train_start=dates["tsa_train_start"], train_end=dates["train_end"],
                             valid_start=dates["valid_start"], valid_end=dates["valid_end"])
     apply_overrides(data, overrides, "--set")

@@ -21,7 +21,14 @@ its signal is in the order of events:
 - ``account_takeover``: a long silence, then a new device and country;
 - ``stolen_card_new_account``: a victim's card used from a fresh account
   (visible in the card's history, not in the customer's);
-- ``velocity_ramp``: gaps shrinking and amounts growing on one account.
+- ``velocity_ramp``: gaps shrinking and amounts growing on one account;
+- ``compromised_merchant`` (only with ``generator.compromised_merchants`` > 0): a merchant
+  (a terminal) is compromised for 2 to 4 weeks and most orders there are fraud, with
+  nothing unusual in the orders themselves: only the merchant's recently confirmed fraud
+  gives it away (``labels.feedback`` with the merchant as the second entity).
+
+Every order has a ``merchant_id`` (merchants of its category, a few popular ones taking
+most orders).
 
 Labels arrive late: every fraud order has a ``label_ts``, the time its report came in,
 1 to 60 days after the order (1 day plus an exponential delay with a mean of
@@ -55,8 +62,10 @@ HOME_P = HOME_P / HOME_P.sum()
 RISKY = np.array([8, 9, 10, 11, 12, 13, 14])  # indices of countries used by fraudsters
 ENTRY = np.array(["chip", "contactless", "swipe", "ecom", "manual"])
 SCENARIOS = ("legit", "legit_travel", "legit_burst", "legit_new_device", "legit_new_account",
-             "card_testing", "account_takeover", "stolen_card_new_account", "velocity_ramp")
+             "card_testing", "account_takeover", "stolen_card_new_account", "velocity_ramp", "compromised_merchant")
 FRAUD_SCENARIOS = ("card_testing", "account_takeover", "stolen_card_new_account", "velocity_ramp")
+COMPROMISE_FRAUD_SHARE = 0.8      # of a compromised merchant's orders during the compromise
+COMPROMISED_MCC = np.array([0, 1, 2, 3, 4])   # in-person categories: grocery .. coffee
 REPORT_DELAY_MEAN_DAYS = 7.0
 REPORT_DELAY_MAX_DAYS = 60.0
 DIRTY_KINDS = ("null_customer", "null_time", "duplicate_order", "nan_amount", "negative_amount")
@@ -285,6 +294,10 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     f = {k: v[order] for k, v in f.items()}
     n = len(f["ts"])
     ts = np.minimum(f["ts"], start + span - 1)
+    merchant = _merchants(np.random.default_rng([cfg.seed, 2]), f["mcc"], n_c)
+    behaviour_fraud = f["label"] == 1          # the engineered features react to these only
+    if cfg.compromised_merchants:
+        _compromise(np.random.default_rng([cfg.seed, 3]), merchant, f, ts, start, span, cfg.compromised_merchants)
     channel_p = np.where(np.isin(f["mcc"], [6, 7, 8]), 1, 0)
     channel = np.where(channel_p == 1, rng.choice([1, 2], n), rng.choice([0, 0, 0, 1, 2], n))
     entry = np.where(channel == 0, rng.choice([0, 1, 2], n, p=[.5, .4, .1]), np.where(rng.random(n) < .97, 3, 4))
@@ -292,6 +305,7 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
         "order_id": np.arange(1, n + 1, dtype=np.int64) + 10_000_000,
         "customer_id": np.char.add("C", f["cust"].astype(str)).astype(object),
         "card_id": np.char.add("K", f["card"].astype(str)).astype(object),
+        "merchant_id": merchant,
         "order_ts": pd.to_datetime(ts, unit="s", utc=True),
         "merchant_category": MCC[f["mcc"]],
         "channel": CHANNELS[channel],
@@ -312,7 +326,7 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
         opened_all[arr[0]] = arr[1]
     acc_age = (ts - opened_all[f["cust"]]) / 86400.0
     card_age = (ts - card_issued[f["card"]]) / 86400.0
-    fraud = f["label"] == 1
+    fraud = behaviour_fraud
     tenure = pd.Series(1, index=range(n)).groupby(f["cust"]).cumsum().to_numpy() - 1
     feats = pd.DataFrame({
         "order_id": tx["order_id"].to_numpy(),
@@ -350,6 +364,31 @@ def _add_dirty_rows(rng: np.random.Generator, tx: pd.DataFrame, rate: float) -> 
     dup["amount"] = dup["amount"] + 0.01  # same order id, slightly different payload
     dup["scenario"] = "dirty_duplicate_order"
     return pd.concat([tx, dup], ignore_index=True)
+
+
+def _merchants(rng: np.random.Generator, mcc: np.ndarray, n_customers: int) -> np.ndarray:
+    """A merchant per order: ``M<category>_<k>``, each category with merchants in proportion to its
+    share of orders, the first few taking most of them (index ``n * u**2``)."""
+    per_cat = np.maximum(3, np.round(MCC_LEGIT_P * n_customers * 0.02)).astype(np.int64)
+    idx = np.floor(per_cat[mcc] * rng.random(len(mcc)) ** 2).astype(np.int64)
+    return np.char.add(np.char.add(np.char.add("M", np.char.zfill(mcc.astype(str), 2)), "_"),
+                       idx.astype(str)).astype(object)
+
+
+def _compromise(rng: np.random.Generator, merchant: np.ndarray, f: dict[str, np.ndarray], ts: np.ndarray,
+                start: int, span: int, n: int) -> None:
+    """Compromise ``n`` in-person merchants for 14-28 days each, from a time between day 10 and two
+    weeks before the end: ``COMPROMISE_FRAUD_SHARE`` of their orders then become fraud."""
+    candidates = np.unique(merchant[np.isin(f["mcc"], COMPROMISED_MCC)])
+    chosen = rng.choice(candidates, min(n, len(candidates)), replace=False)
+    t0 = rng.integers(start + 10 * 86400, max(start + 10 * 86400 + 1, start + span - 14 * 86400), len(chosen))
+    t1 = t0 + rng.integers(14, 29, len(chosen)) * 86400
+    pos = pd.Series(np.arange(len(chosen)), index=chosen).reindex(merchant).to_numpy()
+    at = ~np.isnan(pos)
+    k = np.where(at, pos, 0).astype(np.int64)
+    hit = at & (ts >= t0[k]) & (ts < t1[k]) & (f["label"] == 0) & (rng.random(len(ts)) < COMPROMISE_FRAUD_SHARE)
+    f["label"] = np.where(hit, 1, f["label"]).astype(f["label"].dtype)
+    f["scen"] = np.where(hit, "compromised_merchant", f["scen"]).astype(object)
 
 
 def _report_times(rng: np.random.Generator, ts: np.ndarray, fraud: np.ndarray) -> pd.Series:

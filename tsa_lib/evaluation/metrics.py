@@ -21,10 +21,11 @@ together, never split by their position in the input):
   counts, so the result is at least 0).  ``nan`` with one class.
 - ``card_precision_at_k``: the fraud literature's card precision top-k (per
   day, the top ``k`` cards by their maximum score that day; precision = share
-  of those cards with at least one fraudulent order that day; averaged over
-  the days present).  Cards tied at the cut-off share the remaining slots: the
-  result is the expected precision under a random tie-break, so it does not
-  depend on input order.
+  of those cards with at least one fraudulent order that day, out of ``k``; a card found
+  compromised is detected and left out of the later days; averaged over the
+  days).  Cards tied at the cut-off share the remaining slots: the result is
+  the expected precision under a random tie-break, so it does not depend on
+  input order.
 - ``psi``: population stability index of ``actual`` against ``expected`` on
   ``bins`` quantile bins of ``expected``; empty-bin shares are floored at
   ``eps``.  Equal quantiles (heavy ties) merge bins; that is logged.
@@ -40,7 +41,8 @@ from numpy.typing import ArrayLike
 
 log = logging.getLogger(__name__)
 
-__all__ = ["roc_auc", "average_precision", "recall_at_fpr", "card_precision_at_k", "psi", "summarize"]
+__all__ = ["roc_auc", "average_precision", "recall_at_fpr", "card_precision_at_k", "card_precision_by_day", "psi",
+           "summarize"]
 
 
 # ---- validation ---------------------------------------------------------------
@@ -156,9 +158,14 @@ def recall_at_fpr(y_true: ArrayLike, score: ArrayLike, max_fpr: float = 0.01) ->
 
 # ---- card precision top-k ----------------------------------------------------------
 
-def card_precision_at_k(card_ids: ArrayLike, day: ArrayLike, y_true: ArrayLike, score: ArrayLike,
-                        k: int = 100) -> float:
-    """Card precision top-k averaged over days (see the module docstring for ties)."""
+def card_precision_by_day(card_ids: ArrayLike, day: ArrayLike, y_true: ArrayLike, score: ArrayLike,
+                          k: int = 100) -> dict[Any, float]:
+    """Card precision top-k per day, as the fraud-detection literature defines it: each day, the
+    ``k`` cards with the highest maximum score that day; precision = the share of them that are
+    compromised (at least one fraudulent order that day), out of ``k`` (a day with fewer cards
+    cannot reach 1); a card found compromised in a day's top ``k`` counts as detected (blocked)
+    and is left out of every later day.  Days in ascending order; ties at the cut-off share the
+    remaining slots (expected precision), and the detected cards among them are taken by card id."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected an integer >= 1, got {k!r}")
     y, s = _validate_binary(y_true, score)
@@ -170,11 +177,11 @@ def card_precision_at_k(card_ids: ArrayLike, day: ArrayLike, y_true: ArrayLike, 
         if n_none:
             raise ValueError(f"card_ids: {n_none} None value(s) out of {cards.size}")
     try:
-        _, card_idx = np.unique(cards, return_inverse=True)
+        card_vals, card_idx = np.unique(cards, return_inverse=True)
     except TypeError as e:
         raise ValueError(f"card_ids: values are not mutually comparable (mixed types?): {e}") from e
     try:
-        _, day_idx = np.unique(days, return_inverse=True)
+        day_vals, day_idx = np.unique(days, return_inverse=True)
     except TypeError as e:
         raise ValueError(f"day: values are not mutually comparable (mixed types?): {e}") from e
     card_idx = card_idx.reshape(-1).astype(np.int64)
@@ -186,21 +193,30 @@ def card_precision_at_k(card_ids: ArrayLike, day: ArrayLike, y_true: ArrayLike, 
     np.maximum.at(g_score, inv, s)
     g_fraud = np.zeros(ukey.size, np.int64)
     np.maximum.at(g_fraud, inv, y)
-    g_day = ukey // n_cards
-    order = np.lexsort((-g_score, g_day))  # by day, then score descending
-    g_day, g_score, g_fraud = g_day[order], g_score[order], g_fraud[order]
-    bounds = np.r_[0, np.flatnonzero(np.diff(g_day)) + 1, g_day.size]
-    precisions = np.empty(bounds.size - 1)
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-        sc, fr = g_score[lo:hi], g_fraud[lo:hi]
-        kk = min(k, hi - lo)
+    g_day, g_card = ukey // n_cards, ukey % n_cards
+    detected = np.zeros(n_cards, dtype=bool)
+    out: dict[Any, float] = {}
+    for d in range(day_vals.size):
+        keep = (g_day == d) & ~detected[g_card]
+        if not keep.any():
+            continue
+        sc, fr, cd = g_score[keep], g_fraud[keep], g_card[keep]
+        order = np.lexsort((cd, -sc))               # score descending, then card id
+        sc, fr, cd = sc[order], fr[order], cd[order]
+        kk = min(k, sc.size)
         cut = sc[kk - 1]
-        above = sc > cut
-        tie = sc == cut
+        above, tie = sc > cut, sc == cut
         slots = kk - int(above.sum())
-        hits = fr[above].sum() + slots * fr[tie].sum() / tie.sum()
-        precisions[i] = hits / kk
-    return float(precisions.mean())
+        out[day_vals[d]] = float((fr[above].sum() + slots * fr[tie].sum() / tie.sum()) / k)
+        detected[cd[:kk][fr[:kk] == 1]] = True
+    return out
+
+
+def card_precision_at_k(card_ids: ArrayLike, day: ArrayLike, y_true: ArrayLike, score: ArrayLike,
+                        k: int = 100) -> float:
+    """The mean over days of ``card_precision_by_day`` (detected cards left out of later days)."""
+    by_day = card_precision_by_day(card_ids, day, y_true, score, k)
+    return float(np.mean(list(by_day.values()))) if by_day else float("nan")
 
 
 # ---- drift --------------------------------------------------------------------------

@@ -11,7 +11,10 @@
   (``RELATIVE_TOKENS``), chosen per window element by
   ``tsa_lib.features.tensorize.relative_codes``;
 - relative numerical columns: one more input per order, its scaled value minus the
-  target order's.
+  target order's;
+- label feedback (``labels.feedback``): one more categorical input per order, three
+  tokens after everything else (``FEEDBACK_TOKENS``): the order's label as known at the
+  target order's time.
 
 Fitting happens in Spark (``tsa_lib.spark.encoders``); this module only holds,
 validates, saves, loads and applies them, with numpy/pyarrow.
@@ -37,6 +40,8 @@ FORMAT_VERSION = 1
 PAD, UNKNOWN, FIRST_INDEX = 0, 1, 2
 # token offset + 2 * (same value as the target order) + (first time the value appears in the window)
 RELATIVE_TOKENS = ("other_repeat", "other_first", "target_repeat", "target_first")
+FEEDBACK_TOKENS = ("label_not_known", "label_known_legit", "label_known_fraud")
+FEEDBACK_INPUT = "_label_feedback"   # name of the derived categorical input (see Encoders.feedback)
 GAP_FEATURE = "_gap_prev"  # name of the derived numerical input (see Encoders.gap_feature)
 RELATIVE_SUFFIX = "~relative"  # input name of a column's relative token / relative value
 
@@ -95,8 +100,10 @@ class Encoders:
     relative: tuple[str, ...] = ()
     gap_feature: bool = False
     relative_numerical: tuple[str, ...] = ()
+    feedback: bool = False
     offsets: dict[str, int] = field(init=False)
     relative_offsets: dict[str, int] = field(init=False)
+    feedback_offset: int = field(init=False)
     vocab_size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +137,9 @@ class Encoders:
                                    f"({list(self.numerical)}) or is listed twice")
         object.__setattr__(self, "offsets", offsets)
         object.__setattr__(self, "relative_offsets", rel_offsets)
+        object.__setattr__(self, "feedback_offset", nxt)
+        if self.feedback:
+            nxt += len(FEEDBACK_TOKENS)
         object.__setattr__(self, "vocab_size", nxt)
 
     # ---- shape ------------------------------------------------------------------------------------
@@ -153,15 +163,16 @@ class Encoders:
     @property
     def cat_inputs(self) -> tuple[str, ...]:
         """The model's categorical inputs per order, in tensor order: categorical, then relative
-        (named ``<col>~relative`` when the column is categorical too)."""
+        (named ``<col>~relative`` when the column is categorical too), then ``FEEDBACK_INPUT``."""
         return tuple(self.categorical) + tuple(c + RELATIVE_SUFFIX if c in self.categorical else c
-                                               for c in self.relative)
+                                               for c in self.relative) + ((FEEDBACK_INPUT,) if self.feedback else ())
 
     @property
     def sequence_row_columns(self) -> tuple[str, ...]:
         """The columns of a ``sequences_<entity>`` row that encoding reads."""
         return ("entity_id", "n_context", "n_targets", "order_id", "event_time", *self.categorical,
-                *(c for c in self.relative if c not in self.categorical), *self.numerical)
+                *(c for c in self.relative if c not in self.categorical), *self.numerical,
+                *(("label", "label_known_at") if self.feedback else ()))
 
     # ---- apply --------------------------------------------------------------------------------------
     def encode_categorical(self, col: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -204,6 +215,7 @@ class Encoders:
             "relative": list(self.relative),
             "gap_feature": self.gap_feature,
             "relative_numerical": list(self.relative_numerical),
+            "feedback": self.feedback,
             "vocab_size": self.vocab_size,
         }
 
@@ -263,6 +275,7 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
             relative=tuple(data.get("relative", ())),
             gap_feature=bool(data.get("gap_feature", False)),
             relative_numerical=tuple(data.get("relative_numerical", ())),
+            feedback=bool(data.get("feedback", False)),
         )
     except (TypeError, AttributeError, KeyError) as e:
         raise EncoderError(f"{where}: malformed artifact: {e}") from e

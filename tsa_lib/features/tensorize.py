@@ -6,7 +6,8 @@ All numpy/pyarrow over whole batches: no Python work per row.
 
 Shapes (T targets, L = max_len + 1 slots, target last, left-padded):
 - ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown;
-                                  the categorical columns, then the relative ones
+                                  the categorical columns, then the relative ones, then
+                                  the label feedback (``feedback_codes``) when on
 - ``num``  float32 [T, L, n_num]  scaled (to [0, 1], or standardised), 0 at padding; the
                                   numerical columns, then each relative numerical one (scaled
                                   value minus the target's), then the gap to the previous
@@ -58,6 +59,26 @@ def relative_codes(values: np.ndarray) -> np.ndarray:
         same = valid & (v == v[:, -1:])
         out[lo: lo + RELATIVE_CHUNK] = np.where(valid, 2 * same + first, -1)
     return out
+
+
+def feedback_codes(labels: np.ndarray, known_at_us: np.ndarray, target_us: np.ndarray,
+                   mask: np.ndarray) -> np.ndarray:
+    """Per slot of each window: 0 = label not known at the target's time, 1 = known legitimate,
+    2 = known fraud; -1 at padding.  A label is visible only when it became known strictly
+    before the target order's own time; the target's own label (the last slot) never is.
+
+    ``labels`` int64 ``[T, L]`` (negative where there is none), ``known_at_us`` int64 ``[T, L]``
+    (when each label became known, microseconds), ``target_us`` int64 ``[T]``, ``mask`` bool ``[T, L]``.
+    """
+    if not (labels.shape == known_at_us.shape == mask.shape) or labels.ndim != 2 or \
+            target_us.shape != labels.shape[:1]:
+        raise ValueError(f"labels {labels.shape}, known_at_us {known_at_us.shape}, mask {mask.shape} and "
+                         f"target_us {target_us.shape}: expected [T, L], [T, L], [T, L] and [T]")
+    visible = mask & (labels >= 0) & (known_at_us < target_us[:, None])
+    if visible.shape[1]:
+        visible[:, -1] = False
+    codes = np.where(visible, 1 + (labels > 0), 0).astype(np.int8)
+    return np.where(mask, codes, -1).astype(np.int8)
 
 
 def gap_feature(times_us: np.ndarray, mask: np.ndarray, horizon_minutes: float) -> np.ndarray:
@@ -116,20 +137,26 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
         if len(codes):
             rel = relative_codes(np.where(mask, codes[safe], -1))
             cat[:, :, j] = np.where(rel >= 0, enc.relative_offsets[c] + rel, np.where(mask, UNKNOWN, PAD))
+    ts = pc.cast(flat_values(batch, "event_time"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
+        zero_copy_only=False)
+    t_ts = ts[w.target] if len(ts) else np.zeros(0, np.int64)
+    if enc.feedback and len(ts):
+        lab = pc.fill_null(pc.cast(flat_values(batch, "label"), pa.int64()), -1).to_numpy(zero_copy_only=False)
+        kat = pc.fill_null(pc.cast(pc.cast(flat_values(batch, "label_known_at"), pa.timestamp("us")), pa.int64()),
+                           np.iinfo(np.int64).max).to_numpy(zero_copy_only=False)
+        fb = feedback_codes(np.where(mask, lab[safe], -1), np.where(mask, kat[safe], 0), t_ts, mask)
+        cat[:, :, len(enc.categorical) + len(enc.relative)] = np.where(fb >= 0, enc.feedback_offset + fb, PAD)
     num = np.zeros((t, length, len(enc.num_inputs)), dtype=np.float32)
     for j, c in enumerate(enc.numerical):
         vals = flat_values(batch, c).to_numpy(zero_copy_only=False).astype(np.float64)
         if len(vals):
             num[:, :, j] = np.where(mask, enc.encode_numeric(c, vals)[safe], 0.0)
-    ts = pc.cast(flat_values(batch, "event_time"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
-        zero_copy_only=False)
     for j, c in enumerate(enc.relative_numerical, start=len(enc.numerical)):
         v = num[:, :, enc.numerical.index(c)]
         num[:, :, j] = np.where(mask, v - v[:, -1:], 0.0)   # the target (last slot) is always present
     if enc.gap_feature and len(ts):
         j = len(enc.numerical) + len(enc.relative_numerical)
         num[:, :, j] = gap_feature(np.where(mask, ts[safe], 0), mask, enc.gap_horizon_minutes)
-    t_ts = ts[w.target] if len(ts) else np.zeros(0, np.int64)
     dt = np.where(mask, (t_ts[:, None] - ts[safe]) / (US_PER_SECOND * enc.time_unit_seconds), 0.0) \
         .astype(np.float32) if len(ts) else np.zeros((t, length), np.float32)
     oids = np.asarray(flat_values(batch, "order_id").to_numpy(zero_copy_only=False), dtype=object)

@@ -116,7 +116,7 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
     lo, hi = read_window(dates, seq)
     raw, ts = read_transactions(spark, cfg, lo, hi, with_null_time=True)
 
-    checked = check_quality(raw, cols, cfg.quality)
+    checked = check_quality(raw, cols, cfg.quality, cfg.labels)
     last = dates[-1]
     # rows whose time is unknown cannot be dated: they are reported with the last run date
     target_date = F.coalesce(F.to_date("event_time"), F.lit(last))
@@ -142,9 +142,10 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
         all_rejected = rejected
         for entity, table in (("customer", "sequences_customer"), ("card", "sequences_card")):
             key = ENTITY_KEY[entity]
-            res = build_sequences(clean, dates, entity, cols, seq, ctx.run_id)  # type: ignore[arg-type]
+            res = build_sequences(clean, dates, entity, cols, seq, ctx.run_id,  # type: ignore[arg-type]
+                                  feedback=cfg.labels.feedback)
             path = cfg.storage.table_path(table, PROJECT_ROOT)
-            ensure_table(spark, path, sequence_schema(cols), cfg.storage.qualified(table),
+            ensure_table(spark, path, sequence_schema(cols, cfg.labels.feedback), cfg.storage.qualified(table),
                          comment=f"TSA {entity} sequences: context + targets per ({entity}, ds)",
                          stats_columns=SEQUENCE_STATS_COLUMNS)
             # Backfills: one file per date.  Writing straight from the entity partitions instead

@@ -99,7 +99,7 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
         max_len=cfg.sequences.max_len, max_history_days=cfg.sequences.max_history_days,
         time_unit_seconds=cfg.sequences.time_unit_seconds, numerical_default=cfg.quality.numerical_default,
         relative=tuple(cols.relative), gap_feature=e.gap_feature,
-        relative_numerical=tuple(e.relative_numerical),
+        relative_numerical=tuple(e.relative_numerical), feedback=cfg.labels.feedback,
     )
     log.info("fit encoders on %d orders of %s..%s: vocab %s (total %d)", n, start, end,
              {c: len(v) for c, v in vocab.items()}, enc.vocab_size)

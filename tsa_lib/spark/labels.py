@@ -13,29 +13,14 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from tsa_lib.cli import fmt_dates
-from tsa_lib.config import ColumnsConfig, LabelsConfig, SuiteConfig
+from tsa_lib.config import SuiteConfig
 from tsa_lib.spark.inputs import read_transactions
-from tsa_lib.spark.quality import event_time_column
+from tsa_lib.spark.quality import event_time_column, known_time_column
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
-
-
-class LabelError(ValueError):
-    """The label data breaks the contract (e.g. a label time earlier than its order)."""
-
-
-def known_time_column(df: "DataFrame", ts: "Column", cols: ColumnsConfig, labels: LabelsConfig) -> "Column":
-    """When each row's label became known: its label time, else its order time + delay_days."""
-    from pyspark.sql import functions as F
-
-    fallback = F.timestamp_micros(F.unix_micros(ts) + F.lit(int(round(labels.delay_days * 86400e6))))
-    if cols.label_time is None:
-        return fallback
-    return F.coalesce(event_time_column(df, cols.label_time, "columns.label_time"), fallback)
 
 
 def read_labels(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date],
@@ -44,8 +29,9 @@ def read_labels(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date
     (a label exists but is not known at ``as_of``) of the orders on ``dates``.
 
     ``as_of`` None means now.  Duplicated order ids (quarantined by the sequence job) resolve to
-    the copy with the same event time; if two copies share it, the larger label wins.  A label
-    time earlier than its order is a ``LabelError`` naming the order, and nothing is read.
+    the copy with the same event time; if two copies share it, the larger label wins.  An order
+    whose label time is earlier than the order itself never has a known label: the sequence job
+    quarantines it (``bad_label_time``).
     """
     from pyspark.sql import functions as F
 
@@ -58,19 +44,12 @@ def read_labels(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date
     raw, ts = read_transactions(spark, cfg, lo, hi, with_null_time=False)
     has_label = bool(cols.label) and cols.label in raw.columns
     label = F.col(cols.label).cast("int") if has_label else F.lit(None).cast("int")
+    valid = F.lit(True)
     if cols.label_time is not None and has_label:
-        lt = event_time_column(raw, cols.label_time, "columns.label_time")
-        bad = raw.filter(lt < ts).select(F.col(cols.order_id).cast("string").alias("o"), ts.alias("t"),
-                                         lt.alias("l"))
-        n_bad = bad.count()
-        if n_bad:
-            ex = bad.orderBy("t", "o").first()
-            raise LabelError(f"columns.label_time: {n_bad} order(s) of {fmt_dates(dates)} have a label time before "
-                             f"the order, e.g. order {ex['o']}: {cols.label_time}={ex['l']} < "
-                             f"{cols.event_time}={ex['t']}")
-    known = known_time_column(raw, ts, cols, cfg.labels) < F.lit(at)
+        valid = F.coalesce(event_time_column(raw, cols.label_time, "columns.label_time") >= ts, F.lit(True))
+    reached = known_time_column(raw, ts, cols, cfg.labels) < F.lit(at)
     out = raw.select(F.col(cols.order_id).cast("string").alias("order_id"), ts.alias("event_time"),
-                     F.when(known, label).alias("label"),
-                     (label.isNotNull() & ~known).alias("label_pending"))
+                     F.when(valid & reached, label).alias("label"),
+                     (label.isNotNull() & valid & ~reached).alias("label_pending"))
     return (out.groupBy("order_id", "event_time")
             .agg(F.max("label").alias("label"), F.max("label_pending").alias("label_pending")))

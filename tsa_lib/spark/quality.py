@@ -6,6 +6,7 @@ a detail naming the column and value) when:
 - the event time is null or cannot be parsed                     -> ``bad_event_time``
 - a numerical value is NaN or +-inf                              -> ``non_finite``
 - a numerical value is outside ``quality.numeric_ranges``        -> ``out_of_range``
+- its label time (``columns.label_time``) is before the order     -> ``bad_label_time``
 - its order id was already seen (one copy is kept, chosen by
   event time then a hash of the whole row: deterministic)       -> ``duplicate_order_id``
 Nulls in feature columns are not errors: they get the configured default
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
-from tsa_lib.config import ColumnsConfig, QualityConfig
+from tsa_lib.config import ColumnsConfig, LabelsConfig, QualityConfig
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 # Canonical internal column names used by every Spark stage after quality checks.
 OID, CID, KID, TS, DS = "_order_id", "_customer_id", "_card_id", "_ts", "ds"
-QUARANTINE_REASONS = ("null_key", "bad_event_time", "non_finite", "out_of_range", "duplicate_order_id",
-                      "entity_daily_cap")
+QUARANTINE_REASONS = ("null_key", "bad_event_time", "non_finite", "out_of_range", "bad_label_time",
+                      "duplicate_order_id", "entity_daily_cap")
+LABEL, LABEL_KNOWN_AT = "label", "label_known_at"   # the sequence columns of labels.feedback
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,17 @@ def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time
                      f"expected timestamp, date, string or epoch seconds")
 
 
+def known_time_column(df: "DataFrame", ts: "Column", cols: ColumnsConfig, labels: LabelsConfig) -> "Column":
+    """When each row's label became known: its label time, else its order time + ``labels.delay_days``
+    (the one rule of ``tsa_lib.spark.labels``)."""
+    from pyspark.sql import functions as F
+
+    fallback = F.timestamp_micros(F.unix_micros(ts) + F.lit(int(round(labels.delay_days * 86400e6))))
+    if cols.label_time is None:
+        return fallback
+    return F.coalesce(event_time_column(df, cols.label_time, "columns.label_time"), fallback)
+
+
 def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "input.transactions") -> None:
     """Fail with the missing column names when the input lacks a configured column."""
     need = [cols.order_id, cols.customer_id, cols.card_id, cols.event_time, *cols.sequence_columns]
@@ -69,8 +82,13 @@ def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "inpu
         raise ValueError(f"{where}: configured column(s) {missing} not found; the table has {df.columns}")
 
 
-def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) -> Checked:
-    """Split ``df`` (the user's transactions) into clean canonical rows and quarantined rows."""
+def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
+                  labels: Optional[LabelsConfig] = None) -> Checked:
+    """Split ``df`` (the user's transactions) into clean canonical rows and quarantined rows.
+
+    With ``labels`` whose ``feedback`` is on, clean rows also carry ``label`` and
+    ``label_known_at`` (when the label became known), for the sequences.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -92,13 +110,22 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) 
             v = num[c]
             checks.append(((v < lo) | (v > hi), "out_of_range",
                            F.concat(F.lit(f"{c}="), v.cast("string"), F.lit(f" not in [{lo}, {hi}]"))))
+    if cols.label_time is not None and cols.label_time in df.columns:
+        lt = event_time_column(df, cols.label_time, "columns.label_time")
+        checks.append((lt < ts, "bad_label_time",
+                       F.concat(F.lit(f"{cols.label_time}="), lt.cast("string"), F.lit(f" is before {cols.event_time}="),
+                                ts.cast("string"))))
     reason = F.lit(None).cast("string")
     detail = F.lit(None).cast("string")
     for cond, r, d in reversed(checks):  # first failing check wins
         reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(r)).otherwise(reason)
         detail = F.when(F.coalesce(cond, F.lit(False)), d).otherwise(detail)
+    feedback = labels is not None and labels.feedback
+    extra = [] if not feedback else [
+        (F.col(cols.label).cast("int") if cols.label in df.columns else F.lit(None).cast("int")).alias(LABEL),
+        known_time_column(df, ts, cols, labels).alias(LABEL_KNOWN_AT)]  # type: ignore[arg-type]
     tagged = df.select(*[F.col(c) for c in originals], ts.alias(TS), reason.alias("_reason"),
-                       detail.alias("_detail"))
+                       detail.alias("_detail"), *extra)
 
     # duplicates among otherwise valid rows: keep the earliest, ties broken by a hash of the whole row
     ok = tagged.filter(F.col("_reason").isNull())
@@ -121,6 +148,8 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig) 
         # null stays null: it matches nothing (a column that is categorical too has its default)
         *[F.col(c).cast("string").alias(c) for c in cols.relative_only],
         *[F.coalesce(num[c], F.lit(float(quality.numerical_default))).alias(c) for c in cols.numerical],
+        *([F.col(LABEL), F.when(F.col(LABEL).isNotNull(), F.col(LABEL_KNOWN_AT)).alias(LABEL_KNOWN_AT)]
+          if feedback else []),
     ).withColumn(DS, F.to_date(F.col(TS)))
     return Checked(clean=clean,
                    rejected=rejected.select(F.col(cols.order_id).cast("string").alias("order_id"),

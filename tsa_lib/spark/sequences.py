@@ -33,7 +33,10 @@ examples missed past orders).  ``tests/test_sequences.py`` forces that plan and
 checks every window against a brute-force build.
 A first version with Spark higher-order functions over ``collect_list`` arrays
 had not finished the customer sequences of 2M orders after 3 minutes (on a
-loaded machine) and was dropped.  Labels never enter this table.
+loaded machine) and was dropped.  Labels enter this table only with ``labels.feedback``:
+each element's label and the time it became known, as facts; which of them a target may
+see (known strictly before its own time, never its own) is decided when a window is cut
+(``tsa_lib.features.tensorize``).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import pyarrow as pa
 
 from tsa_lib.config import ColumnsConfig, SequenceConfig
 from tsa_lib.features.sequence_rows import RowSpec, build_rows, days_since_epoch, sort_for_build
-from tsa_lib.spark.quality import CID, DS, KID, OID, TS
+from tsa_lib.spark.quality import CID, DS, KID, LABEL, LABEL_KNOWN_AT, OID, TS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -70,8 +73,9 @@ class SequenceResult:
 SEQUENCE_STATS_COLUMNS = ("entity_id", "n_context", "n_targets", "run_id")
 
 
-def sequence_schema(cols: ColumnsConfig) -> "StructType":
-    """Explicit schema of ``sequences_<entity>`` tables (partitioned by ds)."""
+def sequence_schema(cols: ColumnsConfig, feedback: bool = False) -> "StructType":
+    """Explicit schema of ``sequences_<entity>`` tables (partitioned by ds).  With ``feedback``
+    (``labels.feedback``) every element also carries its label and when that label became known."""
     from pyspark.sql.types import (ArrayType, DateType, DoubleType, IntegerType, StringType, StructField,
                                    StructType, TimestampType)
 
@@ -83,6 +87,8 @@ def sequence_schema(cols: ColumnsConfig) -> "StructType":
         StructField("event_time", ArrayType(TimestampType(), True), False),
         *[StructField(c, ArrayType(StringType(), True), False) for c in cols.string_columns],
         *[StructField(c, ArrayType(DoubleType(), True), False) for c in cols.numerical],
+        *([StructField(LABEL, ArrayType(IntegerType(), True), False),
+           StructField(LABEL_KNOWN_AT, ArrayType(TimestampType(), True), False)] if feedback else []),
         StructField("run_id", StringType(), False),
         StructField("ds", DateType(), False),
     ]
@@ -105,6 +111,7 @@ def build_sequences(
     cols: ColumnsConfig,
     seq: SequenceConfig,
     run_id: str,
+    feedback: bool = False,
 ) -> SequenceResult:
     """Build the (entity, ds) sequence rows for the target ``dates`` from quality-checked orders.
 
@@ -122,7 +129,7 @@ def build_sequences(
     key = ENTITY_KEY[entity]
     n = seq.max_len
     day_list = sorted(set(dates))
-    feats = list(cols.sequence_columns)
+    feats = list(cols.sequence_columns) + ([LABEL, LABEL_KNOWN_AT] if feedback else [])
     lo, hi = read_window(day_list, seq)
 
     orders = clean.filter(F.col(key).isNotNull() & (F.col(TS) < F.lit(hi)))
@@ -136,7 +143,7 @@ def build_sequences(
     spec = RowSpec(key=key, ts=TS, order_id=OID, features=tuple(feats), target_days=days_since_epoch(day_list),
                    max_len=n, cap=seq.max_orders_per_entity_day,
                    max_age_us=None if seq.max_history_days is None else int(round(seq.max_history_days * 86400e6)))
-    arrow_out = sequence_schema(cols)
+    arrow_out = sequence_schema(cols, feedback)
     arrow_out = StructType([f for f in arrow_out.fields if f.name != "run_id"])
 
     def build(group: pa.Table) -> pa.Table:
@@ -147,7 +154,7 @@ def build_sequences(
     rows = (orders.withColumn(GROUP, F.pmod(F.xxhash64(F.col(key)), F.lit(seq.build_groups)))
             .groupBy(GROUP).applyInArrow(build, arrow_out)
             .withColumn("run_id", F.lit(run_id))
-            .select(*[f.name for f in sequence_schema(cols).fields]))
+            .select(*[f.name for f in sequence_schema(cols, feedback).fields]))
 
     # Targets over the daily cap, built only when asked for (the job counts them first).
     day_orders = clean.filter(is_target & F.col(key).isNotNull())
