@@ -49,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark.stop()
     cols = ["ds", "n", "positives", "roc_auc", "average_precision", "recall_at_1pct_fpr", "psi_vs_prev_day"]
     print(res.per_day[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print("overall: " + ", ".join(f"{k}={v:.4f}" for k, v in res.overall.items()))
+    for note in res.notes:
+        print(f"note: {note}")
+    print("overall: " + (", ".join(f"{k}={v:.4f}" for k, v in res.overall.items()) if res.overall else
+                         "no known labels of both classes in these days"))
     if res.report:
         print(f"report: {res.report}")
     return 0

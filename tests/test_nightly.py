@@ -97,21 +97,23 @@ def test_labels_as_known_exact(spark, night: SuiteConfig) -> None:  # type: igno
         assert [got[str(r[0])][0] is not None for r in ROWS] == known.tolist(), day
 
 
-def test_label_time_before_its_order_is_quarantined(spark, night: SuiteConfig, warehouse: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_labels_are_quarantined(spark, night: SuiteConfig, warehouse: Path) -> None:  # type: ignore[no-untyped-def]
     from tsa_lib.spark.build_sequences import run_build_sequences
     from tsa_lib.spark.labels import read_labels
 
-    bad = [*ROWS[:3], (12, "E", "K5", T("2026-01-02 15:00"), "fuel", 5.0, 1, 1.0, T("2026-01-02 14:00"))]
+    bad = [*ROWS[:3], (12, "E", "K5", T("2026-01-02 15:00"), "fuel", 5.0, 1, 1.0, T("2026-01-02 14:00")),
+           (13, "F", "K6", T("2026-01-02 16:00"), "fuel", 5.0, 2, 1.0, None)]
     cfg = night.replace(input=InputConfig(transactions=TableSource(path=_write(spark, bad, warehouse / "bad_rep"))),
                         storage=StorageConfig(warehouse=str(warehouse), database="badrep"))
     s = run_build_sequences(spark, cfg, _ctx("build_sequences", D(2026, 1, 2)))
-    assert s.reasons == {"bad_label_time": 1} and s.clean_targets == 2
-    q = spark.read.format("delta").load(cfg.storage.table_path("quarantine")).collect()
+    assert s.reasons == {"bad_label_time": 1, "bad_label": 1} and s.clean_targets == 2
+    q = spark.read.format("delta").load(cfg.storage.table_path("quarantine")).orderBy("order_id").collect()
     assert [(r.order_id, r.reason, r.detail) for r in q] == [
-        ("12", "bad_label_time", "rep=2026-01-02 14:00:00 is before ts=2026-01-02 15:00:00")]
+        ("12", "bad_label_time", "rep=2026-01-02 14:00:00 is before ts=2026-01-02 15:00:00"),
+        ("13", "bad_label", "y=2 is not 0, 1 or null")]
     got = {r.order_id: (r.label, r.label_pending) for r in
            read_labels(spark, cfg, [D(2026, 1, 2)], as_of(D(2026, 1, 5))).collect()}
-    assert got == {"2": (0, False), "3": (1, False), "12": (None, False)}   # never a known label
+    assert got["2"] == (0, False) and got["3"] == (1, False) and got["12"] == (None, False)  # never known
 
 
 def _examples(spark, cfg: SuiteConfig) -> dict[str, Any]:  # type: ignore[no-untyped-def]

@@ -190,3 +190,41 @@ def test_member_average_artifact_scores_through_the_job(spark, scored: dict[str,
     for oid, score in zip(direct.column("order_id").to_pylist(), direct.column("score").to_pylist()):
         assert got[oid].score == pytest.approx(score, abs=1e-5) and got[oid].model_version == "v2"
         assert got[oid].gate_customer + got[oid].gate_card == pytest.approx(1.0, abs=1e-6)
+
+
+def test_broken_weights_are_refused_before_scoring(spark, scored: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A NaN tensor (a valid safetensors file) or a truncated weights file: an ArtifactError naming
+    the tensor or the file, and no score is written."""
+    import shutil
+
+    import pyarrow as pa
+    from safetensors.torch import load_file, save_file
+
+    from tsa_lib.scoring.job import ScoringError, run_scoring, score_arrow
+    from tsa_lib.spark.examples import build_examples_frame
+    from tsa_lib.training.artifact import load_artifact
+
+    cfg = scored["cfg"]
+    n = spark.read.format("delta").load(cfg.storage.table_path("scores")).count()
+    nan = tmp_path / "nan"
+    shutil.copytree(scored["artifact"], nan)
+    w = load_file(str(nan / "model.safetensors"))
+    name = sorted(w)[0]
+    w[name][...] = float("nan")
+    save_file(w, str(nan / "model.safetensors"))
+    with pytest.raises(ArtifactError, match=f"tensor '{name}' holds \\d+ non-finite value"):
+        run_scoring(spark, cfg, _ctx(D3, run_id="nan"), model_path=str(nan))
+    cut = tmp_path / "cut"
+    shutil.copytree(scored["artifact"], cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="model.safetensors' is not a readable safetensors file"):
+        load_artifact(cut)
+    assert spark.read.format("delta").load(cfg.storage.table_path("scores")).count() == n
+    # finite weights, non-finite inputs: the batch is refused, naming an order
+    loaded = load_artifact(scored["artifact"])
+    ex = build_examples_frame(spark, cfg, loaded.encoders, [D3], "x", with_history_ids=True).examples.toArrow()
+    eng = pa.array([[float("inf")] * len(loaded.encoders.engineered)] * ex.num_rows, pa.list_(pa.float32()))
+    bad = ex.set_column(ex.schema.get_field_index("eng"), "eng", eng)
+    with pytest.raises(ScoringError, match=r"gave \d+ non-finite score\(s\) in a batch of \d+ \(first: order"):
+        score_arrow(loaded, bad, batch_size=8, top_k=2)

@@ -155,6 +155,8 @@ def test_daily_cap_quarantines_excess(spark, warehouse: Path, example: SuiteConf
     q = spark.sql("SELECT order_id, stage, detail FROM seqcap.quarantine WHERE reason = 'entity_daily_cap'").collect()
     assert sorted((r.order_id, r.stage) for r in q) == [("6", "sequences_card"), ("7", "sequences_customer")]
     assert "card K1 has more than 2 orders on 2026-01-03" in {r.detail for r in q}
+    raws = spark.sql("SELECT raw FROM seqcap.quarantine WHERE reason = 'entity_daily_cap'").collect()
+    assert all(r.raw and '"_order_id":' in r.raw and '"amount":' in r.raw for r in raws)   # the row, as read
 
 
 def test_bad_arguments(spark, example: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
@@ -173,6 +175,36 @@ def test_bad_arguments(spark, example: SuiteConfig) -> None:  # type: ignore[no-
                             categorical=("mcc", "country"), numerical=("amount",))
     with pytest.raises(ValueError, match=r"\['country'\] not found"):
         check_quality(spark.createDataFrame(ROWS, _schema()), missing, QualityConfig())
+
+
+def test_blank_categories_are_nulls_unless_configured(spark) -> None:  # type: ignore[no-untyped-def]
+    rows = [(1, "A", "K1", T("2026-01-03 08:00"), "", 1.0, 0), (2, "A", "K1", T("2026-01-03 09:00"), "  ", 1.0, 0),
+            (3, "A", "K1", T("2026-01-03 10:00"), "fuel", 1.0, 0)]
+    df = spark.createDataFrame(rows, _schema())
+    got = {r._order_id: r.mcc for r in check_quality(df, COLS, QualityConfig()).clean.collect()}
+    assert got == {1: "__null__", 2: "__null__", 3: "fuel"}
+    kept = {r._order_id: r.mcc for r in check_quality(df, COLS, QualityConfig(blank_is_null=False)).clean.collect()}
+    assert kept == {1: "", 2: "  ", 3: "fuel"}
+
+
+def test_a_run_date_without_orders_is_an_error(spark, example: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
+    from delta.tables import DeltaTable
+
+    from tsa_lib.spark.build_sequences import EmptyRunDateError
+
+    path = example.storage.table_path("sequences_customer")
+
+    def rows() -> int:
+        return spark.read.format("delta").load(path).count() if DeltaTable.isDeltaTable(spark, path) else 0
+
+    before = rows()
+    empty = dt.date(2026, 1, 20)
+    with pytest.raises(EmptyRunDateError, match=r"no input orders for 2026-01-20 in input.transactions: .* "
+                                                r"--allow-empty .*; nothing written"):
+        run_build_sequences(spark, example, _ctx(D3, empty))
+    assert rows() == before
+    s = run_build_sequences(spark, example, _ctx(empty, run_id="empty"), allow_empty=True)
+    assert (s.input_rows, s.clean_targets, s.reasons) == (1, 0, {"bad_event_time": 1})   # the undated row
 
 
 def test_reconcile_detects_loss() -> None:

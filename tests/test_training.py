@@ -161,7 +161,7 @@ def test_errors_before_training(setup: dict[str, Any], tmp_path: Path) -> None:
     plan = plan_training(cfg)
     assert plan.model_cfg.n_cat_features == 2 and plan.train == (dt.date(2026, 1, 1), dt.date(2026, 1, 9))
     no_window = cfg.replace(training=cfg.training.__class__(model_preset="tiny"))
-    with pytest.raises(ConfigError, match=r"set training.window \{train_days, valid_days\} .* 'training.train_start'"):
+    with pytest.raises(ConfigError, match=r"set training.window \{train_days, valid_days\} .*'training.train_start'"):
         plan_training(no_window)
     other = cfg.replace(storage=cfg.storage.__class__(warehouse=str(tmp_path), database="none",
                                                       artifacts=cfg.storage.artifacts))
@@ -171,6 +171,14 @@ def test_errors_before_training(setup: dict[str, Any], tmp_path: Path) -> None:
         plan_training(cfg, encoders=str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="valid_start"):
         load_config(setup["cfg"], overrides={"training": {"valid_start": "2026-01-05"}})
+    from tsa_lib.training.trainer import Dist, train
+
+    import torch
+
+    few = plan_training(load_config(setup["cfg"], overrides={"training": {"min_known_labels": 100_000}}))
+    with pytest.raises(DataError, match=r"training window 2026-01-01..2026-01-09 has \d+ known labels, fewer than "
+                                        r"training.min_known_labels=100000"):
+        train(few, d=Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
     with pytest.raises(ConfigError, match="model preset 'huge' not found"):
         plan_training(cfg.replace(training=cfg.training.__class__(**{**cfg.training.__dict__,
                                                                       "model_preset": "huge"})))

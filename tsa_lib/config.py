@@ -325,6 +325,10 @@ class QualityConfig:
     numeric_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     categorical_default: str = "__null__"
     numerical_default: float = 0.0
+    blank_is_null: bool = True        # an empty or blank category is a null (gets categorical_default)
+    # a configured column missing from an input file: "fail" the run, or read it as nulls
+    # ("default": the defaults above, with a logged count)
+    missing_columns: Literal["fail", "default"] = "fail"
 
     def __post_init__(self) -> None:
         for col, rng in self.numeric_ranges.items():

@@ -136,6 +136,13 @@ def run_evaluation(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, rep
                                                  day=lab["ds"].astype(str).to_numpy()).items()} \
         if len(lab) and lab["label"].nunique() == 2 else {}
     res = EvalResult(per_day=per_day, overall=overall)
+    for d in dates:
+        day_lab = lab[lab["ds"] == d]
+        if len(day_lab) and day_lab["label"].nunique() < 2:
+            res.notes.append(f"{d}: {len(day_lab)} orders with a known label, {int(day_lab['label'].sum())} fraud: "
+                             f"ROC AUC, AP and recall need both classes (left empty)")
+        elif not len(day_lab) and d in set(window["ds"]):
+            res.notes.append(f"{d}: no order has a known label yet: label metrics left empty")
     if report:
         folder = cfg.storage.artifacts_path(f"reports/{dates[0].isoformat()}_{dates[-1].isoformat()}")
         res.report = write_report(folder, window, per_day, overall)

@@ -109,6 +109,11 @@ def score_arrow(model: LoadedModel, b: pa.RecordBatch | pa.Table, batch_size: in
             raise ArtifactError(f"examples encoded with {sorted(got)} but the model expects {enc_check}")
     mb = examples_to_batch(b, model.encoders)
     p = predict(model, mb, batch_size)
+    bad = ~np.isfinite(p.score)
+    if bad.any():
+        first = str(np.asarray(b.column("order_id").to_pylist(), dtype=object)[bad][0])
+        raise ScoringError(f"model {model.name}/{model.version} gave {int(bad.sum())} non-finite score(s) in a "
+                           f"batch of {len(bad)} (first: order {first}); nothing is written")
     length = model.encoders.seq_len
 
     def ids(name: str) -> np.ndarray:

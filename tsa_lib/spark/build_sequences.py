@@ -127,9 +127,10 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
     rejected = rejected.persist(StorageLevel.MEMORY_AND_DISK)
     s = BuildSummary(dates=tuple(dates))
     try:
-        per_day = {r["d"]: int(r["n"]) for r in raw.select(F.coalesce(F.to_date(ts), F.lit(last)).alias("d"))
-                   .filter(F.col("d").isin(dates)).groupBy("d").agg(F.count(F.lit(1)).alias("n")).collect()}
-        empty = [d for d in dates if not per_day.get(d)]
+        per_day = {(r["d"], r["dated"]): int(r["n"]) for r in raw.select(
+            F.coalesce(F.to_date(ts), F.lit(last)).alias("d"), ts.isNotNull().alias("dated"))
+            .filter(F.col("d").isin(dates)).groupBy("d", "dated").agg(F.count(F.lit(1)).alias("n")).collect()}
+        empty = [d for d in dates if not per_day.get((d, True))]    # undated rows are no day's orders
         if empty and not allow_empty:
             raise EmptyRunDateError(f"no input orders for {fmt_dates(empty)} in input.transactions: a late or "
                                     f"broken feed? (--allow-empty for a day known to be empty); nothing written")

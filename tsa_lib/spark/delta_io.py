@@ -39,7 +39,10 @@ def read_source(spark: "SparkSession", source: TableSource, root: Path = PROJECT
     assert path is not None
     if "://" not in path and not Path(path).exists():
         raise FileNotFoundError(f"input table path {path!r} does not exist (format {source.format})")
-    return spark.read.format(source.format).load(path)
+    reader = spark.read.format(source.format)
+    if source.format == "parquet":   # files written on different days may differ: read their union
+        reader = reader.option("mergeSchema", "true")
+    return reader.load(path)
 
 
 def ensure_table(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from tsa_lib.config import SuiteConfig
+from tsa_lib.config import PROJECT_ROOT, SuiteConfig, TableSource
 from tsa_lib.spark.delta_io import read_source
+from tsa_lib.spark.schema_check import KEY, NUMERIC, check_parquet_files, check_spark_schema, expected_kinds
 from tsa_lib.spark.quality import event_time_column
 
 if TYPE_CHECKING:
@@ -18,7 +20,11 @@ def read_transactions(spark: "SparkSession", cfg: SuiteConfig, lo: Optional[dt.d
     """Transactions with event time in [lo, hi) (and, if asked, those whose time is unknown)."""
     from pyspark.sql import functions as F
 
-    raw = read_source(spark, cfg.input.transactions)
+    src = cfg.input.transactions
+    kinds = expected_kinds(cfg.columns, engineered_here=cfg.input.order_features is None)
+    _check_files(src, kinds, "input.transactions", cfg)
+    raw = read_source(spark, src)
+    check_spark_schema(raw.schema, kinds, "input.transactions")
     ts = event_time_column(raw, cfg.columns.event_time)
     cond = ts < F.lit(hi)
     if lo is not None:
@@ -42,7 +48,10 @@ def read_engineered(spark: "SparkSession", cfg: SuiteConfig,
     cols = cfg.columns
     src = cfg.input.order_features or cfg.input.transactions
     where = "input.order_features" if cfg.input.order_features else "input.transactions"
+    kinds = {cols.order_id: KEY, **{c: NUMERIC for c in cols.engineered}}
+    _check_files(src, kinds, where, cfg)
     df = read_source(spark, src)
+    check_spark_schema(df.schema, kinds, where)
     missing = [c for c in (cols.order_id, *cols.engineered) if c not in df.columns]
     if missing:
         raise ValueError(f"{where}: column(s) {missing} not found; the table has {df.columns}")
@@ -52,3 +61,10 @@ def read_engineered(spark: "SparkSession", cfg: SuiteConfig,
         sel = sel.join(order_ids.select("order_id"), "order_id", "left_semi")
     w = Window.partitionBy("order_id").orderBy(F.xxhash64(*[F.col(c) for c in cols.engineered]))
     return sel.withColumn("_rn", F.row_number().over(w)).filter("_rn = 1").drop("_rn")
+
+
+def _check_files(src: TableSource, kinds: dict[str, str], where: str, cfg: SuiteConfig) -> None:
+    """File-by-file schema check of a local Parquet input (``tsa_lib.spark.schema_check``)."""
+    path = src.resolved_path(PROJECT_ROOT)
+    if src.format == "parquet" and path is not None and "://" not in path and Path(path).exists():
+        check_parquet_files(path, kinds, where, cfg.quality.missing_columns)

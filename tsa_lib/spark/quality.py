@@ -6,11 +6,13 @@ a detail naming the column and value) when:
 - the event time is null or cannot be parsed                     -> ``bad_event_time``
 - a numerical value is NaN or +-inf                              -> ``non_finite``
 - a numerical value is outside ``quality.numeric_ranges``        -> ``out_of_range``
+- its label is not 0, 1 or null                                  -> ``bad_label``
 - its label time (``columns.label_time``) is before the order     -> ``bad_label_time``
 - its order id was already seen (one copy is kept, chosen by
   event time then a hash of the whole row: deterministic)       -> ``duplicate_order_id``
 Nulls in feature columns are not errors: they get the configured default
-(relative columns keep the null: it equals no other value, see tensorize).
+(relative columns keep the null: it equals no other value, see tensorize); a blank
+string counts as a null (``quality.blank_is_null``).
 A null second-entity id (card) is allowed: that order has no card sequence.
 """
 
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Canonical internal column names used by every Spark stage after quality checks.
 OID, CID, KID, TS, DS = "_order_id", "_customer_id", "_card_id", "_ts", "ds"
-QUARANTINE_REASONS = ("null_key", "bad_event_time", "non_finite", "out_of_range", "bad_label_time",
+QUARANTINE_REASONS = ("null_key", "bad_event_time", "non_finite", "out_of_range", "bad_label", "bad_label_time",
                       "duplicate_order_id", "entity_daily_cap")
 LABEL, LABEL_KNOWN_AT = "label", "label_known_at"   # the sequence columns of labels.feedback
 
@@ -82,6 +84,14 @@ def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "inpu
         raise ValueError(f"{where}: configured column(s) {missing} not found; the table has {df.columns}")
 
 
+def _text(col: str, quality: QualityConfig) -> "Column":
+    """A categorical or relative value as a string; blank strings are nulls unless configured otherwise."""
+    from pyspark.sql import functions as F
+
+    v = F.col(col).cast("string")
+    return F.when(F.trim(v) == "", F.lit(None).cast("string")).otherwise(v) if quality.blank_is_null else v
+
+
 def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
                   labels: Optional[LabelsConfig] = None) -> Checked:
     """Split ``df`` (the user's transactions) into clean canonical rows and quarantined rows.
@@ -110,6 +120,10 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
             v = num[c]
             checks.append(((v < lo) | (v > hi), "out_of_range",
                            F.concat(F.lit(f"{c}="), v.cast("string"), F.lit(f" not in [{lo}, {hi}]"))))
+    if cols.label is not None and cols.label in df.columns:
+        lab = F.col(cols.label)
+        checks.append((lab.isNotNull() & ~F.coalesce(lab.cast("double").isin(0.0, 1.0), F.lit(False)), "bad_label",
+                       F.concat(F.lit(f"{cols.label}="), lab.cast("string"), F.lit(" is not 0, 1 or null"))))
     if cols.label_time is not None and cols.label_time in df.columns:
         lt = event_time_column(df, cols.label_time, "columns.label_time")
         checks.append((lt < ts, "bad_label_time",
@@ -143,10 +157,10 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
         F.col(cols.customer_id).cast("string").alias(CID),
         F.col(cols.card_id).cast("string").alias(KID),
         F.col(TS),
-        *[F.coalesce(F.col(c).cast("string"), F.lit(quality.categorical_default)).alias(c)
+        *[F.coalesce(_text(c, quality), F.lit(quality.categorical_default)).alias(c)
           for c in cols.categorical],
         # null stays null: it matches nothing (a column that is categorical too has its default)
-        *[F.col(c).cast("string").alias(c) for c in cols.relative_only],
+        *[_text(c, quality).alias(c) for c in cols.relative_only],
         *[F.coalesce(num[c], F.lit(float(quality.numerical_default))).alias(c) for c in cols.numerical],
         *([F.col(LABEL), F.when(F.col(LABEL).isNotNull(), F.col(LABEL_KNOWN_AT)).alias(LABEL_KNOWN_AT)]
           if feedback else []),

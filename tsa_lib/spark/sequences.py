@@ -169,5 +169,5 @@ def build_sequences(
                       F.concat(F.lit(f"{entity} "), F.col(key),
                                F.lit(f" has more than {seq.max_orders_per_entity_day} orders on "),
                                F.col(DS).cast("string")).alias("detail"),
-                      F.lit(None).cast("string").alias("raw")))
+                      F.to_json(F.struct(*[F.col(c) for c in day_orders.columns])).alias("raw")))
     return SequenceResult(rows=rows, capped=capped)

@@ -142,10 +142,18 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Loade
         raise ArtifactError(f"model artifact {str(p)!r}: format {manifest.get('format')!r} is not {FORMAT!r}")
     check_compatible(cfg, enc, str(p))
     model = build_model(cfg)
+    weights = p / "model.safetensors"
     try:
-        load_model(model, str(p / "model.safetensors"), strict=True, device=str(device))
+        load_model(model, str(weights), strict=True, device=str(device))
     except (RuntimeError, OSError) as e:
         raise ArtifactError(f"model artifact {str(p)!r}: weights do not match the model config: {e}") from e
+    except Exception as e:   # safetensors' own error for a truncated or corrupt file
+        raise ArtifactError(f"model artifact {str(p)!r}: {str(weights)!r} is not a readable safetensors file "
+                            f"({type(e).__name__}: {e})") from e
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ArtifactError(f"model artifact {str(p)!r}: tensor {name!r} holds "
+                                f"{int((~torch.isfinite(t)).sum())} non-finite value(s); refusing to score with it")
     model.eval()
     return LoadedModel(model=model.to(device), config=cfg, encoders=enc, manifest=manifest, metrics=metrics, path=p)
 
