@@ -21,7 +21,7 @@ AIRFLOW_SPEC := apache-airflow>=3,<4 pytest>=8 pyyaml>=6
 AF_HASH := $(shell echo '$(AIRFLOW_SPEC)' | sha256sum | cut -c1-12)
 AF_VENV := $(CACHE)/airflow-venv-$(AF_HASH)
 
-.PHONY: setup venv jars airflow-venv test test-airflow demo bench clean
+.PHONY: setup venv jars airflow-venv test test-airflow demo replay bench clean
 
 setup: venv jars
 
@@ -65,6 +65,11 @@ test-airflow: airflow-venv
 
 demo: setup
 	$(PY) -m tsa_lib.demo --config conf/local.yaml --fresh
+
+# The DAG's tasks for 21 nights on a local standalone Spark cluster (bench/replay/README.md);
+# e.g. REPLAY_ARGS="--kill-task score@3 --sabotage-night 2026-03-01".
+replay: setup
+	$(PY) -m tsa_lib.orchestration.replay --config conf/local.yaml --start 2026-02-22 --nights 21 $(REPLAY_ARGS)
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Run one job of the suite the same way everywhere.
 #
-#   ./spark-submit.sh [--target local|emr|databricks] [--dry-run] jobs/<job>.py --config FILE [job args...]
+#   ./spark-submit.sh [--target local|standalone|emr|databricks] [--dry-run] jobs/<job>.py --config FILE [job args...]
 #
 # local       spark-submit from the project's virtualenv, master local[2], the Delta jars that
 #             `make jars` fetched (--jars), Delta's SQL extension and catalog, this interpreter for
 #             the Python workers.  The default.
+# standalone  like local, but on the standalone cluster $TSA_SPARK_MASTER (spark://host:port), client
+#             deploy mode, tsa_lib from the wheel $TSA_WHEEL (built when unset) shipped with --py-files
+#             to the driver and the executors; the project root stays off PYTHONPATH.  The config
+#             needs spark.target: cluster.  TSA_DRIVER_MEMORY / TSA_EXECUTOR_MEMORY / TSA_EXECUTOR_CORES
+#             size it (2g / 2g / 2).  The replay (tsa_lib.orchestration.replay) runs the DAG this way.
 # emr         builds a wheel of tsa_lib, then `spark-submit --master yarn --deploy-mode cluster`
 #             shipping the wheel (--py-files) and the config (--files); the job reads the config by
 #             its base name.  Delta comes from the EMR release.  Set TSA_EMR_SUBMIT_ARGS for extra
@@ -23,10 +28,10 @@ TARGET=local
 DRY=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --target) TARGET="${2:?--target needs local|emr|databricks}"; shift 2 ;;
+    --target) TARGET="${2:?--target needs local|standalone|emr|databricks}"; shift 2 ;;
     --target=*) TARGET="${1#--target=}"; shift ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
@@ -65,13 +70,30 @@ build_wheel() {  # prints the wheel's path
 PY="${TSA_PYTHON:-$ROOT/.venv/bin/python}"
 [[ -x "$PY" ]] || PY="$(command -v python3)"
 
+spark_submit_bin() {  # the virtualenv's spark-submit, else the one on PATH
+  local s="$ROOT/.venv/bin/spark-submit"
+  [[ -x "$s" ]] || s="$(command -v spark-submit || true)"
+  [[ -n "$s" ]] || { echo "spark-submit.sh: no spark-submit: run 'make setup'" >&2; exit 2; }
+  echo "$s"
+}
+
+delta_jars() {  # the Delta jars `make jars` fetched, comma-separated
+  (cd "$ROOT" && PYTHONPATH="$ROOT" "$PY" -c \
+    'from tsa_lib.spark.session import find_delta_jars; print(",".join(find_delta_jars().files))')
+}
+
+without_root() {  # a PYTHONPATH value without the project root (or an empty entry / '.')
+  local IFS=: p out=()
+  for p in $1; do
+    [[ -z "$p" || "$p" == "." || "${p%/}" == "$ROOT" ]] || out+=("$p")
+  done
+  echo "${out[*]:-}"
+}
+
 case "$TARGET" in
   local)
-    SPARK_SUBMIT="$ROOT/.venv/bin/spark-submit"
-    [[ -x "$SPARK_SUBMIT" ]] || SPARK_SUBMIT="$(command -v spark-submit || true)"
-    [[ -n "$SPARK_SUBMIT" ]] || { echo "spark-submit.sh: no spark-submit: run 'make setup'" >&2; exit 2; }
-    JARS="$(cd "$ROOT" && PYTHONPATH="$ROOT" "$PY" -c \
-      'from tsa_lib.spark.session import find_delta_jars; print(",".join(find_delta_jars().files))')"
+    SPARK_SUBMIT="$(spark_submit_bin)"
+    JARS="$(delta_jars)"
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
     run "$SPARK_SUBMIT" --master "${TSA_LOCAL_MASTER:-local[2]}" --driver-memory "${TSA_DRIVER_MEMORY:-4g}" \
@@ -80,6 +102,37 @@ case "$TARGET" in
       --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
       --conf spark.ui.showConsoleProgress=false \
       --conf "spark.pyspark.python=$PY" --conf "spark.pyspark.driver.python=$PY" \
+      "$JOB" "${ARGS[@]}"
+    ;;
+  standalone)
+    [[ -n "${TSA_SPARK_MASTER:-}" ]] || {
+      echo "spark-submit.sh: --target standalone needs TSA_SPARK_MASTER (e.g. spark://127.0.0.1:7077)" >&2; exit 2; }
+    SPARK_SUBMIT="$(spark_submit_bin)"
+    JARS="$(delta_jars)"
+    WHEEL="${TSA_WHEEL:-}"
+    [[ -n "$WHEEL" ]] || WHEEL="$(build_wheel)"
+    [[ $DRY -eq 1 || -f "$WHEEL" ]] || { echo "spark-submit.sh: TSA_WHEEL '$WHEEL' is not a file" >&2; exit 2; }
+    # the driver and the executors import tsa_lib from the wheel, never from the checkout
+    PYTHONPATH="$(without_root "${PYTHONPATH:-}")"
+    if [[ -n "$PYTHONPATH" ]]; then export PYTHONPATH; else unset PYTHONPATH; fi
+    export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
+    # pyspark puts only .zip/.egg/.jar py-files on the executors' sys.path: the wheel's copy in
+    # each executor's folder goes there through the Python workers' PYTHONPATH.  Delta's log
+    # replay defaults to 50 partitions, most of a small job's time (get_spark's local sessions
+    # use spark.shuffle_partitions the same way).
+    run "$SPARK_SUBMIT" --master "$TSA_SPARK_MASTER" --deploy-mode client \
+      --driver-memory "${TSA_DRIVER_MEMORY:-2g}" \
+      --py-files "$WHEEL" --jars "$JARS" \
+      --conf "spark.executorEnv.PYTHONPATH=$(basename "$WHEEL")" \
+      --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
+      --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
+      --conf spark.sql.catalogImplementation=in-memory \
+      --conf spark.databricks.delta.properties.defaults.enableDeletionVectors=false \
+      --conf "spark.databricks.delta.snapshotPartitions=${TSA_DELTA_SNAPSHOT_PARTITIONS:-4}" \
+      --conf spark.ui.showConsoleProgress=false --conf spark.ui.enabled=false --conf spark.log.level=WARN \
+      --conf "spark.pyspark.python=$PY" --conf "spark.pyspark.driver.python=$PY" \
+      --conf "spark.executor.memory=${TSA_EXECUTOR_MEMORY:-2g}" \
+      --conf "spark.executor.cores=${TSA_EXECUTOR_CORES:-2}" --conf "spark.cores.max=${TSA_EXECUTOR_CORES:-2}" \
       "$JOB" "${ARGS[@]}"
     ;;
   emr)
@@ -130,5 +183,5 @@ PYEOF
       databricks jobs submit --json "$JSON"
     fi
     ;;
-  *) echo "spark-submit.sh: --target must be local, emr or databricks, got '$TARGET'" >&2; exit 2 ;;
+  *) echo "spark-submit.sh: --target must be local, emr or databricks (or standalone), got '$TARGET'" >&2; exit 2 ;;
 esac

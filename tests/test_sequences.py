@@ -200,7 +200,7 @@ def test_a_run_date_without_orders_is_an_error(spark, example: SuiteConfig) -> N
     before = rows()
     empty = dt.date(2026, 1, 20)
     with pytest.raises(EmptyRunDateError, match=r"no input orders for 2026-01-20 in input.transactions: .* "
-                                                r"--allow-empty .*; nothing written"):
+                                                r"\(--allow-empty .*\); nothing written"):
         run_build_sequences(spark, example, _ctx(D3, empty))
     assert rows() == before
     s = run_build_sequences(spark, example, _ctx(empty, run_id="empty"), allow_empty=True)
