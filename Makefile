@@ -71,8 +71,5 @@ demo: setup
 replay: setup
 	$(PY) -m tsa_lib.orchestration.replay --config conf/local.yaml --start 2026-02-22 --nights 21 $(REPLAY_ARGS)
 
-bench: setup
-	$(PY) bench/run_all.py
-
 clean:
 	rm -rf .venv .deps warehouse artifacts

@@ -136,7 +136,9 @@ def _options(a: argparse.Namespace) -> Options:
     config = Path(a.config).resolve()
     if not config.is_file():
         raise ValueError(f"--config: {a.config!r} is not a file")
-    is_training_night(a.start, a.training_weekdays)  # validates the weekday numbers
+    bad = [w for w in a.training_weekdays if not 0 <= w <= 6]
+    if bad:
+        raise ValueError(f"--training-weekdays: {bad} are not weekday numbers 0 (Monday) .. 6 (Sunday)")
     workdir = Path(a.workdir) if os.path.isabs(a.workdir) else PROJECT_ROOT / a.workdir
     opts = Options(config=config, start=a.start, nights=a.nights, workdir=workdir.resolve(),
                    customers=a.customers, weekdays=tuple(a.training_weekdays),
@@ -226,7 +228,6 @@ class InputFeed:
                         "order_features": pa.Table.from_pandas(self.features, preserve_index=False).schema}
         self.paths = {k: str(getattr(cfg.input, k).resolved_path(PROJECT_ROOT))
                       for k in ("transactions", "order_features")}
-        self.counts: dict[str, int] = {}
 
     def write_history(self, start: dt.date) -> int:
         """Orders before ``start`` (and those without a time) -> the input tables (created here)."""
@@ -234,7 +235,6 @@ class InputFeed:
         feats = self.features[self.feature_day.isna() | (self.feature_day < start)]
         self._write("transactions", rows, "overwrite")
         self._write("order_features", feats, "overwrite")
-        self.counts["history"] = len(rows)
         return len(rows)
 
     def append_day(self, d: dt.date) -> int:
@@ -242,7 +242,6 @@ class InputFeed:
         rows = self.tx[self.day == d]
         self._write("transactions", rows, "append")
         self._write("order_features", self.features[self.feature_day == d], "append")
-        self.counts[d.isoformat()] = len(rows)
         return len(rows)
 
     def _write(self, name: str, frame: pd.DataFrame, mode: str) -> None:
