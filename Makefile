@@ -21,7 +21,7 @@ AIRFLOW_SPEC := apache-airflow>=3,<4 pytest>=8 pyyaml>=6
 AF_HASH := $(shell echo '$(AIRFLOW_SPEC)' | sha256sum | cut -c1-12)
 AF_VENV := $(CACHE)/airflow-venv-$(AF_HASH)
 
-.PHONY: setup venv jars airflow-venv test test-airflow demo replay bench clean
+.PHONY: setup venv jars airflow-venv test test-airflow demo replay clean
 
 setup: venv jars
 

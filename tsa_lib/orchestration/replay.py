@@ -90,11 +90,11 @@ class Options:
         return is_training_night(d, self.weekdays)
 
 
-def _date(key: str, value: str) -> dt.date:
+def _date(value: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a YYYY-MM-DD date") from e
+    except ValueError as e:  # argparse names the argument
+        raise argparse.ArgumentTypeError(f"{value!r} is not a YYYY-MM-DD date") from e
 
 
 def _kill_spec(value: str, specs: Sequence[TaskSpec], nights: int) -> tuple[str, int]:
@@ -110,14 +110,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
     p = argparse.ArgumentParser(prog="python -m tsa_lib.orchestration.replay", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="suite config YAML (e.g. conf/local.yaml)")
-    p.add_argument("--start", required=True, type=lambda v: _date("--start", v), help="first night YYYY-MM-DD")
+    p.add_argument("--start", required=True, type=_date, help="first night YYYY-MM-DD")
     p.add_argument("--nights", type=int, default=21)
     p.add_argument("--workdir", default="artifacts/replay", help="made fresh; relative to the project root")
     p.add_argument("--customers", type=int, default=5000, help="generator.n_customers")
     p.add_argument("--training-weekdays", type=int, nargs="+", default=list(DEFAULT_TRAIN_WEEKDAYS),
                    help="training nights, Monday = 0 (default: 6, Sunday)")
     p.add_argument("--kill-task", default=None, help="TASK@K: SIGKILL task TASK of night K mid-write, then retry")
-    p.add_argument("--sabotage-night", default=None, type=lambda v: _date("--sabotage-night", v),
+    p.add_argument("--sabotage-night", default=None, type=_date,
                    help="a training night whose challenger trains on shuffled labels")
     p.add_argument("--nproc", type=int, default=1, help="torchrun processes for training")
     p.add_argument("--task-timeout", type=float, default=3600.0, help="seconds before a task counts as hung")
