@@ -269,3 +269,23 @@ def test_member_average_torchrun(setup: dict[str, Any], tmp_path: Path) -> None:
     assert isinstance(loaded.model, MemberAverage) and loaded.config.members == 2
     metrics = json.loads((art / "metrics.json").read_text())
     assert len(metrics["history"]) == 3 and metrics["best"]["roc_auc"] > 0.8, metrics
+
+
+def test_examples_of_another_night_are_refused(tmp_path: Path) -> None:
+    """Training for a night reads only examples whose labels were taken at the end of that night."""
+    import deltalake
+
+    from tsa_lib.schedule import as_of
+    from tsa_lib.training.data import read_examples
+
+    t = _examples(200)
+    t = t.append_column("labels_as_of", pa.array([as_of(dt.date(2026, 1, 12))] * t.num_rows,
+                                                 pa.timestamp("us", tz="UTC")))
+    path = str(tmp_path / "examples")
+    deltalake.write_deltalake(path, t, partition_by=["ds"])
+    a, b = dt.date(2026, 1, 1), dt.date(2026, 1, 9)
+    assert len(read_examples(path, 0, a, b, _encoders(), labels_as_of=as_of(dt.date(2026, 1, 12)))) > 0
+    with pytest.raises(DataError, match=r"carry labels known before \['2026-01-13 00:00:00\+00:00'\], not before "
+                                        r"2026-01-14 00:00:00\+00:00: re-run jobs/build_examples.py --run-date "
+                                        r"2026-01-13 --window training"):
+        read_examples(path, 0, a, b, _encoders(), labels_as_of=as_of(dt.date(2026, 1, 13)))
