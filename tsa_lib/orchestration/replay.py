@@ -380,7 +380,7 @@ class Runner:
                                "log": str(log_path)}
         if kill:
             rec.update(killed=first.killed, kill_after=first.kill_line, killed_rc=first.rc)
-            if first.killed or first.rc != 0:
+            if first.killed:
                 log.info("[%s] %s killed after %r; retrying", label, spec.task_id, first.kill_line)
                 again = run_process(cmd, env, cwd, log_path, self.timeout_s)
                 rec.update(retried=True, retry_seconds=again.seconds, rc=again.rc,
@@ -549,10 +549,10 @@ def check_scored_exactly_once(r: Replay, truth: pd.DataFrame) -> dict[str, Any]:
         scores = read_delta(r.table("scores"), ["order_id"], (d, d))["order_id"]
         targets = int(read_delta(r.table("sequences_customer"), ["n_targets"], (d, d))["n_targets"].sum())
         q = quarantine[quarantine["ds"] == d] if len(quarantine) else quarantine
-        q_score = set(q[q["job"] == "score"]["order_id"]) if len(q) else set()
+        q_score = q[q["job"] == "score"]["order_id"] if len(q) else pd.Series(dtype=object)
         q_seq = set(q[q["job"] == "build_sequences"]["order_id"]) if len(q) else set()
         expected = set(truth.loc[truth["day"] == d, "order_id"]) - q_seq
-        missing = expected - set(scores) - q_score
+        missing = expected - set(scores) - set(q_score)
         if scores.duplicated().any():
             problems.append(f"{d}: {int(scores.duplicated().sum())} order ids scored twice")
         if len(scores) + len(q_score) != targets:
