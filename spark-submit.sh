@@ -118,10 +118,8 @@ case "$TARGET" in
     export PYSPARK_PYTHON="$PY" PYSPARK_DRIVER_PYTHON="$PY"
     # pyspark puts only .zip/.egg/.jar py-files on the executors' sys.path: the wheel's copy in
     # each executor's folder goes there through the Python workers' PYTHONPATH.
-    # Delta's log replay defaults to 50 partitions, most of a small job's time (get_spark's
-    # local sessions use spark.shuffle_partitions the same way).  Short jobs on a few cores:
-    # C1-only JIT and the serial GC leave the cores to the work (a third less wall time per
-    # job on 2 cores); TSA_JAVA_OPTS="" turns that off.
+    # Short jobs on a few cores: the C1-only JIT and the serial GC leave the cores to the work
+    # (bench/replay/README.md); TSA_JAVA_OPTS="" turns that off.
     JAVA_OPTS="${TSA_JAVA_OPTS--XX:TieredStopAtLevel=1 -XX:+UseSerialGC}"
     JAVA_ARGS=()
     [[ -z "$JAVA_OPTS" ]] || JAVA_ARGS=(--driver-java-options "$JAVA_OPTS" --conf "spark.executor.extraJavaOptions=$JAVA_OPTS")
@@ -133,7 +131,6 @@ case "$TARGET" in
       --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
       --conf spark.sql.catalogImplementation=in-memory \
       --conf spark.databricks.delta.properties.defaults.enableDeletionVectors=false \
-      --conf "spark.databricks.delta.snapshotPartitions=${TSA_DELTA_SNAPSHOT_PARTITIONS:-4}" \
       --conf spark.ui.showConsoleProgress=false --conf spark.ui.enabled=false --conf spark.log.level=WARN \
       --conf "spark.pyspark.python=$PY" --conf "spark.pyspark.driver.python=$PY" \
       --conf "spark.executor.memory=${TSA_EXECUTOR_MEMORY:-2g}" \

@@ -77,18 +77,17 @@ def _entity(df: pd.DataFrame, col: str) -> np.ndarray:
     return df[col].fillna("__none__").astype(str).to_numpy()
 
 
-def day_metrics(df: pd.DataFrame, prev_scores: Optional[np.ndarray], entity_col: str = "card_id"
-                ) -> dict[str, float]:
-    """Metrics of one day's scored orders (rows without a label are left out of the label metrics)."""
+def day_metrics(df: pd.DataFrame, prev_scores: Optional[np.ndarray]) -> dict[str, float]:
+    """Metrics of one day's scored orders (rows without a label are left out of the label metrics).
+    Card precision depends on the earlier days of the period: ``run_evaluation`` adds it."""
     lab = df[df["label"].notna()]
     out: dict[str, float] = {"n": float(len(df)), "mean_score": float(df["score"].mean()) if len(df) else np.nan}
     if len(lab) and lab["label"].nunique() == 2:
-        s = summarize(lab["label"].astype(int).to_numpy(), lab["score"].to_numpy(),
-                      card_ids=_entity(lab, entity_col), day=lab["ds"].astype(str).to_numpy())
+        s = summarize(lab["label"].astype(int).to_numpy(), lab["score"].to_numpy())
         out.update({k: float(v) for k, v in s.items() if k != "n"})
     else:
         out.update(positives=float(lab["label"].sum()) if len(lab) else 0.0, roc_auc=np.nan,
-                   average_precision=np.nan, recall_at_1pct_fpr=np.nan, card_precision_at_100=np.nan)
+                   average_precision=np.nan, recall_at_1pct_fpr=np.nan)
     out["psi_vs_prev_day"] = psi(prev_scores, df["score"].to_numpy()) \
         if prev_scores is not None and len(prev_scores) > 10 and len(df) > 10 else np.nan
     return out
@@ -113,16 +112,17 @@ def run_evaluation(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, rep
         if day.empty:
             continue
         prev = df[df["ds"] == d - dt.timedelta(days=1)]["score"].to_numpy()
-        m = day_metrics(day, prev if len(prev) else None, ent)
+        m = day_metrics(day, prev if len(prev) else None)
         rows.append({"ds": d, "model_name": str(day["model_name"].iloc[0]),
                      "model_version": str(day["model_version"].iloc[0]), **m})
     per_day = pd.DataFrame(rows)
     window = df[df["ds"].isin(dates)]
     lab = window[window["label"].notna()]
+    by_day: dict[Any, float] = {}
     if len(lab) and lab["label"].nunique() == 2:   # cards detected on earlier days are left out of later ones
         by_day = card_precision_by_day(_entity(lab, ent), lab["ds"].to_numpy(), lab["label"].astype(int).to_numpy(),
                                        lab["score"].to_numpy(), k=CARD_K)
-        per_day["card_precision_at_100"] = [by_day.get(d, np.nan) for d in per_day["ds"]]
+    per_day["card_precision_at_100"] = [by_day.get(d, np.nan) for d in per_day["ds"]]
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
     out = per_day.assign(run_id=ctx.run_id, evaluated_at=now)
     schema = metrics_schema()

@@ -13,6 +13,7 @@ date); manual actions are appended.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -99,8 +100,6 @@ def _record(spark: "SparkSession", cfg: SuiteConfig, row: dict[str, Any], ctx: R
         replace_partitions(df, path, [row["ds"]], meta,
                            extra_condition=f"action = 'gate' AND model_name = '{cfg.training.model_name}'")
     else:
-        import json
-
         df.write.format("delta").mode("append").option("userMetadata", json.dumps(meta, default=str)).save(path)
     log.info("recorded %s of %s: %s (%s); champion is now %s", row["action"], row["model_version"],
              row["decision"], row["reason"], row["champion_after"])

@@ -95,6 +95,7 @@ def encoded_sequences(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, da
 class ExamplesFrame:
     examples: "DataFrame"
     rejected: "DataFrame"       # order_id, event_time, reason, detail, raw
+    labels: Optional["DataFrame"] = None   # order_id, event_time, label, label_pending (tsa_lib.spark.labels)
 
 
 def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, dates: Sequence[dt.date],
@@ -142,7 +143,8 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
     default_eng = encode_engineered(pa.table({c: pa.array([None], pa.float64()) for c in eng_cols}), enc)[0] \
         if eng_cols else np.zeros(0, np.float32)
     at = labels_as_of or dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    labels = read_labels(spark, cfg, dates, at).drop("label_pending") if with_labels else None
+    known = read_labels(spark, cfg, dates, at) if with_labels else None
+    labels = known.drop("label_pending") if known is not None else None
 
     def zeros(n: int) -> "F.Column":
         return F.array_repeat(F.lit(0).cast("int"), n)
@@ -167,7 +169,7 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
         F.lit(at).cast("timestamp").alias("labels_as_of"),
         F.lit(enc.version).alias("encoder_version"), F.lit(run_id).alias("run_id"),
         F.to_date("event_time").alias("ds"), *hist)
-    return ExamplesFrame(examples=examples, rejected=rejected)
+    return ExamplesFrame(examples=examples, rejected=rejected, labels=known)
 
 
 @dataclass
@@ -211,7 +213,8 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
            .first())
     s.examples, s.labeled, s.positives = int(agg["n"]), int(agg["labeled"]), int(agg["pos"] or 0)
     s.quarantined = count_quarantined(spark, cfg, dates, JOB)
-    s.pending = read_labels(spark, cfg, dates, at).filter(F.col("label_pending")).count()
+    assert frame.labels is not None
+    s.pending = frame.labels.filter(F.col("label_pending")).count()
     if s.examples + s.quarantined != s.targets:
         raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
                             f"{s.targets} for {fmt_dates(dates)}")

@@ -187,8 +187,6 @@ def get_spark(
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.catalogImplementation", "in-memory")
         .config("spark.databricks.delta.properties.defaults.enableDeletionVectors", "false")
-        # Delta's log replay defaults to 50 partitions: far too many tiny tasks on a laptop
-        .config("spark.databricks.delta.snapshotPartitions", str(max(1, spark_cfg.shuffle_partitions)))
         .config("spark.sql.adaptive.coalescePartitions.initialPartitionNum", str(spark_cfg.shuffle_partitions))
         .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + str(Path(warehouse) / ".derby"))
     )
@@ -207,3 +205,6 @@ def _apply_sql_conf(spark: "SparkSession", spark_cfg: SparkConfig) -> None:
     spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(spark_cfg.arrow_max_records_per_batch))
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    # Delta's log replay uses 50 partitions by default: far too many tiny tasks for a small
+    # session, so it follows the shuffle partitions (never above Delta's default).
+    spark.conf.set("spark.databricks.delta.snapshotPartitions", str(max(1, min(50, spark_cfg.shuffle_partitions))))

@@ -128,6 +128,18 @@ def _all_sum(x: float, d: Dist) -> float:
     return float(t.item())
 
 
+def _label_counts(train: np.ndarray, valid: np.ndarray, d: Dist) -> dict[str, int]:
+    """Rows, known labels and positives of both windows, summed over the ranks in one all-reduce."""
+    mine = [len(train), int((train >= 0).sum()), int((train == 1).sum()),
+            len(valid), int((valid >= 0).sum()), int((valid == 1).sum())]
+    if d.world > 1:
+        t = torch.tensor(mine, dtype=torch.int64, device=d.device)
+        dist.all_reduce(t)
+        mine = [int(v) for v in t.tolist()]
+    keys = ("train_rows", "train_known", "train_positives", "valid_rows", "valid_known", "valid_positives")
+    return dict(zip(keys, mine))
+
+
 def _all_min(x: int, d: Dist) -> int:
     if d.world == 1:
         return x
@@ -293,10 +305,7 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
     as_of = plan.windows.labels_as_of if plan.windows.run_date is not None else None
     tr_batch = read_examples(plan.examples_path, version, *plan.train, plan.enc, d.rank, d.world, as_of)
     va_batch = read_examples(plan.examples_path, version, *plan.valid, plan.enc, d.rank, d.world, as_of)
-    counts = {k: int(_all_sum(float(v), d)) for k, v in (
-        ("train_rows", len(tr_batch)), ("train_known", int((tr_batch.label >= 0).sum())),
-        ("train_positives", int((tr_batch.label == 1).sum())), ("valid_rows", len(va_batch)),
-        ("valid_known", int((va_batch.label >= 0).sum())), ("valid_positives", int((va_batch.label == 1).sum())))}
+    counts = _label_counts(tr_batch.label, va_batch.label, d)
     if d.main:
         log.info("labels known%s: train %d of %d orders (%d fraud), valid %d of %d (%d fraud); the orders whose "
                  "label is not known are left out", f" before {as_of:%Y-%m-%d %H:%M}" if as_of else "",
