@@ -11,6 +11,7 @@ code change.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import re
@@ -122,12 +123,14 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class ColumnsConfig:
-    """Which of the user's columns play which role (DESIGN.md section 3)."""
+    """Which of the user's columns play which role."""
 
     order_id: str = "order_id"
     customer_id: str = "customer_id"
     card_id: str = "card_id"
     event_time: str = "order_ts"
+    # The unit of a numeric event time or label time: epoch seconds, milliseconds or microseconds.
+    event_time_unit: Literal["s", "ms", "us"] = "s"
     label: Optional[str] = "is_fraud"
     # When each label became known (a chargeback or report date); null -> order time + labels.delay_days.
     label_time: Optional[str] = None
@@ -255,14 +258,26 @@ class LabelsConfig:
     ``feedback``: every past order in a customer or card window also shows its label as
     known at the target order's time (known fraud / known legitimate / not known yet); the
     target's own label never.
+
+    ``feedback_reports``: with ``feedback``, every window also holds the entity's last
+    ``feedback_reports`` label reports known before the target order (each: the label and the
+    age of the order it is about), however far back their orders lie within
+    ``sequences.max_history_days``.  Labels often arrive later than a busy entity's last
+    ``max_len`` orders reach back; these slots reach the labels that are known.  0: none.
     """
 
     delay_days: float = 0.0
     mature_after_days: int = 0
     feedback: bool = False
+    feedback_reports: int = 0
 
     def __post_init__(self) -> None:
         check_positive("labels.delay_days", self.delay_days, allow_zero=True)
+        if isinstance(self.feedback_reports, bool) or not isinstance(self.feedback_reports, int) \
+                or self.feedback_reports < 0:
+            raise ConfigError(f"labels.feedback_reports: must be an integer >= 0, got {self.feedback_reports!r}")
+        if self.feedback_reports and not self.feedback:
+            raise ConfigError(f"labels.feedback_reports: {self.feedback_reports} needs labels.feedback: true")
         if isinstance(self.mature_after_days, bool) or not isinstance(self.mature_after_days, int) \
                 or self.mature_after_days < 0:
             raise ConfigError(f"labels.mature_after_days: must be an integer >= 0, got {self.mature_after_days!r}")
@@ -329,8 +344,18 @@ class QualityConfig:
     # a configured column missing from an input file: "fail" the run, or read it as nulls
     # ("default": the defaults above, with a logged count)
     missing_columns: Literal["fail", "default"] = "fail"
+    # Plausible event times: not before min_event_time (an ISO date, UTC) and not more than
+    # max_future_days after the job started.  Others are quarantined (bad_event_time).
+    min_event_time: str = "2000-01-01"
+    max_future_days: float = 1.0
 
     def __post_init__(self) -> None:
+        try:
+            dt.date.fromisoformat(str(self.min_event_time))
+        except ValueError:
+            raise ConfigError(f"quality.min_event_time: {self.min_event_time!r} is not an ISO date (YYYY-MM-DD)") \
+                from None
+        check_positive("quality.max_future_days", self.max_future_days, allow_zero=True)
         for col, rng in self.numeric_ranges.items():
             if len(rng) != 2 or not rng[0] <= rng[1]:
                 raise ConfigError(f"quality.numeric_ranges.{col}: expected [low, high] with low <= high, got {list(rng)!r}")

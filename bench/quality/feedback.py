@@ -1,7 +1,7 @@
 """Label feedback on the compromised-merchant data: the TSA with and without ``labels.feedback``
 against LightGBM peers with and without delayed known-fraud counts.
 
-Per variant (feedback off / on), the suite's REAL pipeline runs on ``conf/merchant.yaml``
+Per variant (feedback off, on, on with label reports), the suite's REAL pipeline runs on ``conf/merchant.yaml``
 (merchant as the second entity, compromised merchants planted) in a work folder:
 ``python -m tsa_lib.demo --config <variant config> --fresh``: generate, build sequences, the
 training night D (fit encoders, examples with the labels known at the end of D, train,
@@ -49,15 +49,23 @@ log = logging.getLogger("bench.quality.feedback")
 WINDOWS_DAYS = (7, 14, 28)
 
 
-def write_config(work: Path, feedback: bool, customers: int) -> Path:
+VARIANTS = ("off", "on", "reports")
+
+
+def write_config(work: Path, variant: str, customers: int, reports: int) -> Path:
+    """``off``: no feedback; ``on``: the orders' own labels as known; ``reports``: that and the
+    last ``reports`` label reports of each entity (``labels.feedback_reports``)."""
+    if variant not in VARIANTS:
+        raise SystemExit(f"--variants: {variant!r} is not one of {list(VARIANTS)}")
     data = yaml.safe_load((PROJECT_ROOT / "conf" / "merchant.yaml").read_text())
-    wh = work / ("on" if feedback else "off") / "warehouse"
+    wh = work / variant / "warehouse"
     data["storage"] = {"warehouse": str(wh), "database": "tsa"}
     data["input"] = {"transactions": {"path": str(wh / "raw" / "transactions"), "format": "delta"},
                      "order_features": {"path": str(wh / "raw" / "order_features"), "format": "delta"}}
-    data["labels"]["feedback"] = feedback
+    data["labels"]["feedback"] = variant != "off"
+    data["labels"]["feedback_reports"] = reports if variant == "reports" else 0
     data["generator"]["n_customers"] = customers
-    path = work / f"merchant_{'on' if feedback else 'off'}.yaml"
+    path = work / f"merchant_{variant}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     load_config(path)
@@ -118,15 +126,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/tsa-feedback"))
     p.add_argument("--customers", type=int, default=20_000)
-    p.add_argument("--variants", default="off,on")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--reports", type=int, default=16, help="labels.feedback_reports of the reports variant")
     p.add_argument("--seed", type=int, default=2026, help="LightGBM seed")
     p.add_argument("--out", type=Path, default=Path("bench/results/quality_feedback.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results: dict[str, Any] = {"bench": "quality_feedback", "customers": args.customers, "models": {}, "timings": {}}
-    cfgs = {v: write_config(args.work, v == "on", args.customers) for v in args.variants.split(",")}
+    results: dict[str, Any] = {"bench": "quality_feedback", "customers": args.customers, "reports": args.reports,
+                               "models": {}, "timings": {}}
+    cfgs = {v: write_config(args.work, v, args.customers, args.reports) for v in args.variants.split(",")}
     for v, path in cfgs.items():
-        log.info("pipeline with feedback %s", v)
+        log.info("pipeline, feedback variant %s", v)
         results["timings"][f"pipeline_{v}_s"] = run_demo(path, args.work / f"pipeline_{v}.log")
 
     cfg: SuiteConfig = load_config(next(iter(cfgs.values())))

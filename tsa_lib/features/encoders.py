@@ -14,7 +14,8 @@
   target order's;
 - label feedback (``labels.feedback``): one more categorical input per order, three
   tokens after everything else (``FEEDBACK_TOKENS``): the order's label as known at the
-  target order's time.
+  target order's time; with ``feedback_reports`` two more (``REPORT_TOKENS``) for the
+  label-report slots in front of the orders.
 
 Fitting happens in Spark (``tsa_lib.spark.encoders``); this module only holds,
 validates, saves, loads and applies them, with numpy/pyarrow.
@@ -41,6 +42,7 @@ PAD, UNKNOWN, FIRST_INDEX = 0, 1, 2
 # token offset + 2 * (same value as the target order) + (first time the value appears in the window)
 RELATIVE_TOKENS = ("other_repeat", "other_first", "target_repeat", "target_first")
 FEEDBACK_TOKENS = ("label_not_known", "label_known_legit", "label_known_fraud")
+REPORT_TOKENS = ("report_legit", "report_fraud")   # a label-report slot (labels.feedback_reports)
 FEEDBACK_INPUT = "_label_feedback"   # name of the derived categorical input (see Encoders.feedback)
 GAP_FEATURE = "_gap_prev"  # name of the derived numerical input (see Encoders.gap_feature)
 RELATIVE_SUFFIX = "~relative"  # input name of a column's relative token / relative value
@@ -101,6 +103,7 @@ class Encoders:
     gap_feature: bool = False
     relative_numerical: tuple[str, ...] = ()
     feedback: bool = False
+    feedback_reports: int = 0
     offsets: dict[str, int] = field(init=False)
     relative_offsets: dict[str, int] = field(init=False)
     feedback_offset: int = field(init=False)
@@ -118,6 +121,8 @@ class Encoders:
                 raise EncoderError(f"encoders: engineered column {col!r} has no scaler")
         if self.max_len < 1:
             raise EncoderError(f"encoders: max_len must be >= 1, got {self.max_len}")
+        if self.feedback_reports < 0 or (self.feedback_reports and not self.feedback):
+            raise EncoderError(f"encoders: feedback_reports {self.feedback_reports} must be >= 0 and needs feedback")
         offsets, nxt = {}, FIRST_INDEX
         for col in self.categorical:
             if len(set(self.vocab[col])) != len(self.vocab[col]):
@@ -139,14 +144,14 @@ class Encoders:
         object.__setattr__(self, "relative_offsets", rel_offsets)
         object.__setattr__(self, "feedback_offset", nxt)
         if self.feedback:
-            nxt += len(FEEDBACK_TOKENS)
+            nxt += len(FEEDBACK_TOKENS) + (len(REPORT_TOKENS) if self.feedback_reports else 0)
         object.__setattr__(self, "vocab_size", nxt)
 
     # ---- shape ------------------------------------------------------------------------------------
     @property
     def seq_len(self) -> int:
-        """L: history slots plus the target order."""
-        return self.max_len + 1
+        """L: label-report slots, history slots, then the target order."""
+        return self.feedback_reports + self.max_len + 1
 
     @property
     def num_inputs(self) -> tuple[str, ...]:
@@ -172,7 +177,9 @@ class Encoders:
         """The columns of a ``sequences_<entity>`` row that encoding reads."""
         return ("entity_id", "n_context", "n_targets", "order_id", "event_time", *self.categorical,
                 *(c for c in self.relative if c not in self.categorical), *self.numerical,
-                *(("label", "label_known_at") if self.feedback else ()))
+                *(("label", "label_known_at") if self.feedback else ()),
+                *(("report_order_id", "report_time", "report_label", "report_known_at")
+                  if self.feedback_reports else ()))
 
     # ---- apply --------------------------------------------------------------------------------------
     def encode_categorical(self, col: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -216,6 +223,7 @@ class Encoders:
             "gap_feature": self.gap_feature,
             "relative_numerical": list(self.relative_numerical),
             "feedback": self.feedback,
+            "feedback_reports": self.feedback_reports,
             "vocab_size": self.vocab_size,
         }
 
@@ -276,6 +284,7 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
             gap_feature=bool(data.get("gap_feature", False)),
             relative_numerical=tuple(data.get("relative_numerical", ())),
             feedback=bool(data.get("feedback", False)),
+            feedback_reports=int(data.get("feedback_reports", 0)),
         )
     except (TypeError, AttributeError, KeyError) as e:
         raise EncoderError(f"{where}: malformed artifact: {e}") from e

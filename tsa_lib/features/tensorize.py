@@ -4,29 +4,34 @@ Sequence rows (``sequences_<entity>`` batches) -> per-target fixed-shape arrays,
 engineered features -> scaled vectors, and encoded examples -> model tensors.
 All numpy/pyarrow over whole batches: no Python work per row.
 
-Shapes (T targets, L = max_len + 1 slots, target last, left-padded):
+Shapes (T targets, L = feedback_reports + max_len + 1 slots, target last, left-padded;
+the real slots are contiguous: label reports (oldest known first), past orders, target):
 - ``cat``  int32   [T, L, n_cat]  global vocabulary indices, 0 = padding, 1 = unknown;
                                   the categorical columns, then the relative ones, then
-                                  the label feedback (``feedback_codes``) when on
+                                  the label feedback (``feedback_codes``) when on; a
+                                  label-report slot holds only its report token
 - ``num``  float32 [T, L, n_num]  scaled (to [0, 1], or standardised), 0 at padding; the
                                   numerical columns, then each relative numerical one (scaled
                                   value minus the target's), then the gap to the previous
                                   order when ``gap_feature``
-- ``dt``   float32 [T, L]         days between each element and the target (0 for it)
+- ``dt``   float32 [T, L]         days between each element and the target (0 for it); for
+                                  a label report, the age of the order it is about
 - ``mask`` bool    [T, L]         True where an order is present
-- ``hist_len`` int32 [T]          real history elements (-1 when the entity is missing)
+- ``hist_len`` int32 [T]          real history slots, reports included (-1 when the entity
+                                  is missing)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tsa_lib.features.encoders import PAD, UNKNOWN, Encoders, EncoderError
+from tsa_lib.features.encoders import FEEDBACK_TOKENS, PAD, UNKNOWN, Encoders, EncoderError
+from tsa_lib.features.sequence_rows import count_before
 from tsa_lib.features.windows import PAD as WPAD, flat_values, windows_of_batch
 
 US_PER_SECOND = 1_000_000
@@ -100,6 +105,68 @@ def gap_feature(times_us: np.ndarray, mask: np.ndarray, horizon_minutes: float) 
     return out
 
 
+def report_windows(report_offsets: np.ndarray, known_at_us: np.ndarray, target_row: np.ndarray,
+                   target_us: np.ndarray, k: int) -> np.ndarray:
+    """Per target, its row's last ``k`` label reports known strictly before its time.
+
+    ``report_offsets`` [R + 1] start of each row's reports in the flat arrays, ``known_at_us`` [E]
+    (sorted within each row), ``target_row`` / ``target_us`` [T].  Returns int64 [T, k] flat
+    indices, oldest first, right-aligned, -1 where there is none.
+    """
+    report_offsets = np.asarray(report_offsets, np.int64)
+    sizes = np.diff(report_offsets)
+    if len(known_at_us) != (report_offsets[-1] if len(report_offsets) else 0):
+        raise ValueError(f"known_at_us has {len(known_at_us)} reports, the offsets hold {report_offsets[-1]}")
+    row_of = np.repeat(np.arange(len(sizes)), sizes)
+    hi = count_before(row_of, known_at_us, target_row, target_us)
+    lo = np.maximum(report_offsets[target_row], hi - k)
+    slot = np.arange(k)[None, :] - k + (hi - lo)[:, None]   # position within [lo, hi), negative = none
+    return np.where(slot >= 0, lo[:, None] + slot, -1)
+
+
+def _add_reports(batch: pa.RecordBatch | pa.Table, enc: Encoders, target_row: np.ndarray, target_us: np.ndarray,
+                 cat: np.ndarray, num: np.ndarray, dt: np.ndarray, mask: np.ndarray, hist_len: np.ndarray,
+                 hist_ids: Optional[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Put each target's label reports (``report_windows``) in front of its past orders."""
+    k = enc.feedback_reports
+    col = batch.column("report_known_at")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    r_off = col.offsets.to_numpy() - col.offsets[0].as_py()
+    kat = pc.cast(flat_values(batch, "report_known_at"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
+        zero_copy_only=False)
+    rep = report_windows(r_off, kat, target_row, target_us, k)
+    have = rep >= 0
+    safe = np.where(have, rep, 0)
+    t, l0 = mask.shape
+    dest = np.arange(k)[None, :] + (l0 - 1 - hist_len)[:, None]    # right before the first past order
+    rows = np.broadcast_to(np.arange(t)[:, None], (t, k))[have]
+    cols = dest[have]
+
+    def widen(a: np.ndarray, fill: Any) -> np.ndarray:
+        out = np.full((t, k + l0, *a.shape[2:]), fill, dtype=a.dtype)
+        out[:, k:] = a
+        return out
+
+    cat, num, dt, mask = widen(cat, PAD), widen(num, 0.0), widen(dt, 0.0), widen(mask, False)
+    if len(kat):
+        lab = pc.fill_null(flat_values(batch, "report_label"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        r_us = pc.cast(flat_values(batch, "report_time"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
+            zero_copy_only=False)
+        cat[rows, cols, :] = PAD
+        cat[rows, cols, -1] = enc.feedback_offset + len(FEEDBACK_TOKENS) + (lab[safe] > 0)[have]
+        num[rows, cols, :] = 0.0
+        dt[rows, cols] = ((target_us[:, None] - r_us[safe]) / (US_PER_SECOND * enc.time_unit_seconds))[have]
+        mask[rows, cols] = True
+        if hist_ids is not None:
+            hist_ids = widen(hist_ids, "")
+            ids = np.asarray(flat_values(batch, "report_order_id").to_numpy(zero_copy_only=False), dtype=object)
+            hist_ids[rows, cols] = ids[safe][have]
+    elif hist_ids is not None:
+        hist_ids = widen(hist_ids, "")
+    return cat, num, dt, mask, (hist_len + have.sum(axis=1)).astype(hist_len.dtype), hist_ids
+
+
 @dataclass(frozen=True)
 class SeqTensors:
     order_id: np.ndarray        # [T] str (object)
@@ -166,9 +233,13 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
     hist_ids = None
     if with_history_ids:
         hist_ids = np.where(mask, oids[safe] if len(oids) else "", "").astype(object)
+    hist_len = w.hist_len.astype(np.int32)
+    if enc.feedback_reports:
+        cat, num, dt, mask, hist_len, hist_ids = _add_reports(batch, enc, w.row, t_ts, cat, num, dt, mask,
+                                                              hist_len, hist_ids)
     return SeqTensors(order_id=oids[w.target] if len(oids) else np.zeros(0, object),
                       entity_id=ent_np[w.row], event_time_us=t_ts, cat=cat, num=num, dt=dt, mask=mask,
-                      hist_len=w.hist_len.astype(np.int32), hist_order_id=hist_ids)
+                      hist_len=hist_len, hist_order_id=hist_ids)
 
 
 def seq_arrow_schema(entity: str, with_history_ids: bool = False) -> pa.Schema:

@@ -9,18 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
 from tsa_lib.spark.inputs import read_transactions
-from tsa_lib.spark.quality import DS, KID, check_quality
+from tsa_lib.spark.quality import DS, EPOCH_UNITS, KID, check_quality, event_time_column, implausible, \
+    plausible_range
 from tsa_lib.spark.sequences import ENTITY_KEY, SEQUENCE_STATS_COLUMNS, build_sequences, read_window, \
     sequence_schema
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ class EmptyRunDateError(ValueError):
     """A run date has no input orders at all (a late or broken feed, unless the business says so)."""
 
 
+class EventTimeUnitError(ValueError):
+    """Numeric event times read in the configured epoch unit are mostly implausible: a unit mismatch."""
+
+
 @dataclass
 class BuildSummary:
     dates: tuple[dt.date, ...]
@@ -47,6 +52,7 @@ class BuildSummary:
     entity_capped: dict[str, int] = field(default_factory=dict)
     no_card: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    undatable_seen: int = 0       # undatable rows quarantined by an earlier run date (not again)
 
 
 def quarantine_schema() -> "StructType":
@@ -114,29 +120,39 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
     dates = sorted(ctx.dates)
     cols, seq = cfg.columns, cfg.sequences
     lo, hi = read_window(dates, seq)
-    raw, ts = read_transactions(spark, cfg, lo, hi, with_null_time=True)
+    now = ctx.started_at
+    raw, ts = read_transactions(spark, cfg, lo, hi, with_undatable=True, now=now)
 
-    checked = check_quality(raw, cols, cfg.quality, cfg.labels)
+    checked = check_quality(raw, cols, cfg.quality, cfg.labels, now=now)
     last = dates[-1]
-    # rows whose time is unknown cannot be dated: they are reported with the last run date
-    target_date = F.coalesce(F.to_date("event_time"), F.lit(last))
-    rejected = (checked.rejected.withColumn(DS, target_date).filter(F.col(DS).isin(dates))
-                .withColumn("job", F.lit(JOB)).withColumn("stage", F.lit("input"))
+    # Undatable rows (no time, an unparseable or an implausible one) belong to no day: they are
+    # reported once, with the last run date of the first run that reads them (their quarantine
+    # rows have no event_time: an implausible instant is kept in the detail only).
+    dated = ts.isNotNull() & ~implausible(ts, cfg.quality, now)
+    rejected = (checked.rejected.withColumn(DS, F.coalesce(F.to_date("event_time"), F.lit(last)))
+                .filter(F.col(DS).isin(dates)))
+    rejected, seen = _skip_reported_undatable(spark, cfg, rejected, dates)
+    rejected = (rejected.withColumn("job", F.lit(JOB)).withColumn("stage", F.lit("input"))
                 .withColumn("run_id", F.lit(ctx.run_id)))
     clean = checked.clean.persist(StorageLevel.MEMORY_AND_DISK)
     rejected = rejected.persist(StorageLevel.MEMORY_AND_DISK)
     s = BuildSummary(dates=tuple(dates))
     try:
         per_day = {(r["d"], r["dated"]): int(r["n"]) for r in raw.select(
-            F.coalesce(F.to_date(ts), F.lit(last)).alias("d"), ts.isNotNull().alias("dated"))
+            F.when(dated, F.to_date(ts)).otherwise(F.lit(last)).alias("d"), dated.alias("dated"))
             .filter(F.col("d").isin(dates)).groupBy("d", "dated").agg(F.count(F.lit(1)).alias("n")).collect()}
-        empty = [d for d in dates if not per_day.get((d, True))]    # undated rows are no day's orders
+        _check_epoch_unit(raw, cfg, ts, now, sum(n for (_, ok), n in per_day.items() if ok))
+        empty = [d for d in dates if not per_day.get((d, True))]    # undatable rows are no day's orders
         if empty and not allow_empty:
             raise EmptyRunDateError(f"no input orders for {fmt_dates(empty)} in input.transactions: a late or "
                                     f"broken feed? (--allow-empty for a day known to be empty); nothing written")
+        s.undatable_seen = int(seen.count()) if seen is not None else 0
         s.input_rows = sum(per_day.values())
         s.reasons = {r["reason"]: int(r["count"]) for r in rejected.groupBy("reason").count().collect()}
         s.quarantined_input = sum(s.reasons.values())
+        if s.undatable_seen:
+            log.info("%d undatable row(s) were quarantined by an earlier run date; not recorded again",
+                     s.undatable_seen)
         targets = clean.filter(F.col(DS).isin(dates))
         c = targets.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col(KID).isNull().cast("int")).alias("no_card")).first()
         s.clean_targets, s.no_card = int(c["n"]), int(c["no_card"] or 0)
@@ -144,9 +160,9 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
         for entity, table in (("customer", "sequences_customer"), ("card", "sequences_card")):
             key = ENTITY_KEY[entity]
             res = build_sequences(clean, dates, entity, cols, seq, ctx.run_id,  # type: ignore[arg-type]
-                                  feedback=cfg.labels.feedback)
+                                  feedback=cfg.labels.feedback, reports=cfg.labels.feedback_reports)
             path = cfg.storage.table_path(table, PROJECT_ROOT)
-            ensure_table(spark, path, sequence_schema(cols, cfg.labels.feedback), cfg.storage.qualified(table),
+            ensure_table(spark, path, sequence_schema(cols, cfg.labels.feedback, cfg.labels.feedback_reports > 0), cfg.storage.qualified(table),
                          comment=f"TSA {entity} sequences: context + targets per ({entity}, ds)",
                          stats_columns=SEQUENCE_STATS_COLUMNS)
             # Backfills: one file per date.  Writing straight from the entity partitions instead
@@ -174,17 +190,67 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
     return s
 
 
+def _skip_reported_undatable(spark: "SparkSession", cfg: SuiteConfig, rejected: "DataFrame",
+                             dates: Sequence[dt.date]) -> tuple["DataFrame", Optional["DataFrame"]]:
+    """Drop the undatable rows this job already quarantined under a date outside this run (the
+    same raw row); returns (rows to record, rows already recorded).  A rerun of that date
+    records them again, as it replaces its own quarantine rows."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    path = cfg.storage.table_path("quarantine", PROJECT_ROOT)
+    if not DeltaTable.isDeltaTable(spark, path):
+        return rejected, None
+    key = F.coalesce(F.col("raw"), F.lit(""))
+    undatable = F.col("event_time").isNull()
+    earlier = (spark.read.format("delta").load(path)
+               .filter((F.col("job") == JOB) & ~F.col("ds").isin(list(dates)) & undatable)
+               .select(key.alias("_raw")).distinct())
+    cand = rejected.filter(undatable).withColumn("_raw", key)
+    seen = cand.join(earlier, "_raw", "left_semi").drop("_raw")
+    keep = rejected.filter(~undatable).unionByName(cand.join(earlier, "_raw", "left_anti").drop("_raw"))
+    return keep, seen
+
+
+def _check_epoch_unit(raw: "DataFrame", cfg: SuiteConfig, ts: "Column", now: dt.datetime, plausible: int) -> None:
+    """Numeric event times: when more rows read as implausible instants in the configured unit but
+    as plausible ones in another unit than there are plausible rows on the run dates, the unit is
+    wrong: an error naming the column, both units, a value and what it reads as."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType
+
+    cols = cfg.columns
+    if not isinstance(raw.schema[cols.event_time].dataType, NumericType):
+        return
+    others = [u for u in EPOCH_UNITS if u != cols.event_time_unit]
+    alt = {u: event_time_column(raw, cols.event_time, unit=u) for u in others}
+    row = raw.filter(implausible(ts, cfg.quality, now)).agg(
+        *[F.sum((alt[u].isNotNull() & ~implausible(alt[u], cfg.quality, now)).cast("int")).alias(u) for u in others],
+        F.first(F.col(cols.event_time)).alias("v"), F.first(ts.cast("string")).alias("t")).first()
+    best = max(others, key=lambda u: row[u] or 0)
+    if (row[best] or 0) > plausible:
+        lo, hi = plausible_range(cfg.quality, now)
+        raise EventTimeUnitError(
+            f"columns.event_time: {row[best]} rows of {cols.event_time!r} read as epoch "
+            f"{EPOCH_UNITS[cols.event_time_unit]} fall outside [{lo:%Y-%m-%d}, {hi:%Y-%m-%d}] but are plausible as "
+            f"epoch {EPOCH_UNITS[best]}, against {plausible} plausible rows on the run dates (e.g. {row['v']} reads "
+            f"as {row['t']}): is columns.event_time_unit ({cols.event_time_unit!r}) right?  Nothing written")
+
+
 def reconcile(s: BuildSummary) -> None:
-    """Nothing lost: every input row of the run dates is in a sequence or in quarantine."""
-    if s.input_rows != s.clean_targets + s.quarantined_input:
+    """Nothing lost: every input row of the run dates is in a sequence or in quarantine (undatable
+    rows that an earlier run date quarantined count as quarantined)."""
+    if s.input_rows != s.clean_targets + s.quarantined_input + s.undatable_seen:
         raise ReconciliationError(f"input rows {s.input_rows} != clean {s.clean_targets} + quarantined "
-                                  f"{s.quarantined_input} for {fmt_dates(s.dates)}")
+                                  f"{s.quarantined_input} + quarantined earlier {s.undatable_seen} for "
+                                  f"{fmt_dates(s.dates)}")
     for entity, targets in s.entity_targets.items():
         expect = s.clean_targets - s.entity_capped[entity] - (s.no_card if entity == "card" else 0)
         if targets != expect:
             raise ReconciliationError(
                 f"{entity} sequences hold {targets} targets, expected {expect} (clean {s.clean_targets}, "
                 f"capped {s.entity_capped[entity]}, without card {s.no_card if entity == 'card' else 0})")
-    log.info("reconciled %s: input %d = clean %d + quarantined %d; customer targets %d, card targets %d "
-             "(+%d without card)", fmt_dates(s.dates), s.input_rows, s.clean_targets,
-             s.quarantined_input, s.entity_targets.get("customer", 0), s.entity_targets.get("card", 0), s.no_card)
+    log.info("reconciled %s: input %d = clean %d + quarantined %d + quarantined earlier %d; customer targets %d, "
+             "card targets %d (+%d without card)", fmt_dates(s.dates), s.input_rows, s.clean_targets,
+             s.quarantined_input, s.undatable_seen, s.entity_targets.get("customer", 0),
+             s.entity_targets.get("card", 0), s.no_card)

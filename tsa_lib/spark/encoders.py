@@ -70,7 +70,7 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
     cols, e = cfg.columns, cfg.encoders
     lo = dt.datetime.combine(start, dt.time())
     hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
-    raw, _ = read_transactions(spark, cfg, lo, hi, with_null_time=False)
+    raw, _ = read_transactions(spark, cfg, lo, hi, with_undatable=False)
     clean = check_quality(raw, cols, cfg.quality).clean.cache()
     try:
         n = clean.count()
@@ -100,6 +100,7 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
         time_unit_seconds=cfg.sequences.time_unit_seconds, numerical_default=cfg.quality.numerical_default,
         relative=tuple(cols.relative), gap_feature=e.gap_feature,
         relative_numerical=tuple(e.relative_numerical), feedback=cfg.labels.feedback,
+        feedback_reports=cfg.labels.feedback_reports,
     )
     log.info("fit encoders on %d orders of %s..%s: vocab %s (total %d)", n, start, end,
              {c: len(v) for c, v in vocab.items()}, enc.vocab_size)

@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Optional
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig, TableSource
 from tsa_lib.spark.delta_io import read_source
 from tsa_lib.spark.schema_check import KEY, NUMERIC, check_parquet_files, check_spark_schema, expected_kinds
-from tsa_lib.spark.quality import event_time_column
+from tsa_lib.spark.quality import event_time_column, implausible
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 
 def read_transactions(spark: "SparkSession", cfg: SuiteConfig, lo: Optional[dt.datetime], hi: dt.datetime,
-                      with_null_time: bool = True) -> tuple["DataFrame", "Column"]:
-    """Transactions with event time in [lo, hi) (and, if asked, those whose time is unknown)."""
+                      with_undatable: bool = True, now: Optional[dt.datetime] = None) -> tuple["DataFrame", "Column"]:
+    """Transactions with event time in [lo, hi), and, if asked, the undatable ones: a null or
+    unparseable time, or one outside the plausible range at ``now`` (``quality.plausible_range``)."""
     from pyspark.sql import functions as F
 
     src = cfg.input.transactions
@@ -25,12 +26,12 @@ def read_transactions(spark: "SparkSession", cfg: SuiteConfig, lo: Optional[dt.d
     _check_files(src, kinds, "input.transactions", cfg)
     raw = read_source(spark, src)
     check_spark_schema(raw.schema, kinds, "input.transactions")
-    ts = event_time_column(raw, cfg.columns.event_time)
+    ts = event_time_column(raw, cfg.columns.event_time, unit=cfg.columns.event_time_unit)
     cond = ts < F.lit(hi)
     if lo is not None:
         cond &= ts >= F.lit(lo)
-    if with_null_time:
-        cond |= ts.isNull()
+    if with_undatable:
+        cond |= ts.isNull() | implausible(ts, cfg.quality, now or dt.datetime.now(dt.timezone.utc))
     return raw.filter(cond), ts
 
 

@@ -41,12 +41,12 @@ def read_labels(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date
         raise ValueError(f"as_of: {at!r} has no time zone; give an aware (UTC) datetime")
     lo = dt.datetime.combine(min(dates), dt.time())
     hi = dt.datetime.combine(max(dates) + dt.timedelta(days=1), dt.time())
-    raw, ts = read_transactions(spark, cfg, lo, hi, with_null_time=False)
+    raw, ts = read_transactions(spark, cfg, lo, hi, with_undatable=False)
     has_label = bool(cols.label) and cols.label in raw.columns
     label = F.col(cols.label).cast("int") if has_label else F.lit(None).cast("int")
     valid = F.lit(True)
     if cols.label_time is not None and has_label:
-        valid = F.coalesce(event_time_column(raw, cols.label_time, "columns.label_time") >= ts, F.lit(True))
+        valid = F.coalesce(event_time_column(raw, cols.label_time, "columns.label_time", cols.event_time_unit) >= ts, F.lit(True))
     reached = known_time_column(raw, ts, cols, cfg.labels) < F.lit(at)
     out = raw.select(F.col(cols.order_id).cast("string").alias("order_id"), ts.alias("event_time"),
                      F.when(valid & reached, label).alias("label"),

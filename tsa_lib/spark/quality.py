@@ -3,7 +3,9 @@
 Pure DataFrame -> DataFrame transforms.  A row is quarantined (with a reason and
 a detail naming the column and value) when:
 - a required key (order id, customer id) is null                -> ``null_key``
-- the event time is null or cannot be parsed                     -> ``bad_event_time``
+- the event time is null, cannot be parsed, or is implausible:
+  before ``quality.min_event_time`` or more than
+  ``quality.max_future_days`` after the job started              -> ``bad_event_time``
 - a numerical value is NaN or +-inf                              -> ``non_finite``
 - a numerical value is outside ``quality.numeric_ranges``        -> ``out_of_range``
 - its label is not 0, 1 or null                                  -> ``bad_label``
@@ -18,6 +20,7 @@ A null second-entity id (card) is allowed: that order has no card sequence.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -44,9 +47,12 @@ class Checked:
     rejected: "DataFrame"
 
 
-def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time") -> "Column":
+EPOCH_UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds"}
+
+
+def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time", unit: str = "s") -> "Column":
     """Column ``name`` (configured as ``key``) as a timestamp; strings are parsed (unparseable -> null),
-    numbers are epoch seconds."""
+    numbers are epoch ``unit`` (``columns.event_time_unit``: s, ms or us)."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import DateType, NumericType, StringType, TimestampNTZType, TimestampType
 
@@ -59,10 +65,33 @@ def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time
         return F.col(name).cast("timestamp")
     if isinstance(dtype, StringType):
         return F.try_to_timestamp(F.col(name))
-    if isinstance(dtype, NumericType):  # epoch seconds
-        return F.timestamp_seconds(F.col(name))
+    if isinstance(dtype, NumericType):
+        if unit == "s":
+            return F.timestamp_seconds(F.col(name))
+        if unit == "ms":
+            return F.timestamp_millis(F.col(name).cast("long"))
+        if unit == "us":
+            return F.timestamp_micros(F.col(name).cast("long"))
+        raise ValueError(f"columns.event_time_unit: {unit!r} is not one of {list(EPOCH_UNITS)}")
     raise ValueError(f"{key}: column {name!r} has type {dtype.simpleString()}, "
-                     f"expected timestamp, date, string or epoch seconds")
+                     f"expected timestamp, date, string or epoch {EPOCH_UNITS.get(unit, unit)}")
+
+
+def plausible_range(quality: QualityConfig, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[earliest, latest] plausible event time: ``quality.min_event_time`` and ``now`` plus
+    ``quality.max_future_days`` (both UTC)."""
+    if now.tzinfo is None:
+        raise ValueError(f"now: {now!r} has no time zone; give an aware (UTC) datetime")
+    lo = dt.datetime.combine(dt.date.fromisoformat(quality.min_event_time), dt.time(), tzinfo=dt.timezone.utc)
+    return lo, now.astimezone(dt.timezone.utc) + dt.timedelta(days=quality.max_future_days)
+
+
+def implausible(ts: "Column", quality: QualityConfig, now: dt.datetime) -> "Column":
+    """True where a (non-null) event time lies outside ``plausible_range``."""
+    from pyspark.sql import functions as F
+
+    lo, hi = plausible_range(quality, now)
+    return ts.isNotNull() & ((ts < F.lit(lo)) | (ts > F.lit(hi)))
 
 
 def known_time_column(df: "DataFrame", ts: "Column", cols: ColumnsConfig, labels: LabelsConfig) -> "Column":
@@ -73,7 +102,7 @@ def known_time_column(df: "DataFrame", ts: "Column", cols: ColumnsConfig, labels
     fallback = F.timestamp_micros(F.unix_micros(ts) + F.lit(int(round(labels.delay_days * 86400e6))))
     if cols.label_time is None:
         return fallback
-    return F.coalesce(event_time_column(df, cols.label_time, "columns.label_time"), fallback)
+    return F.coalesce(event_time_column(df, cols.label_time, "columns.label_time", cols.event_time_unit), fallback)
 
 
 def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "input.transactions") -> None:
@@ -93,24 +122,31 @@ def _text(col: str, quality: QualityConfig) -> "Column":
 
 
 def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
-                  labels: Optional[LabelsConfig] = None) -> Checked:
+                  labels: Optional[LabelsConfig] = None, now: Optional[dt.datetime] = None) -> Checked:
     """Split ``df`` (the user's transactions) into clean canonical rows and quarantined rows.
 
     With ``labels`` whose ``feedback`` is on, clean rows also carry ``label`` and
-    ``label_known_at`` (when the label became known), for the sequences.
+    ``label_known_at`` (when the label became known), for the sequences.  ``now`` (the job's
+    start, default the current time) bounds plausible event times (``plausible_range``).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     check_input_columns(df, cols)
     originals = list(df.columns)
-    ts = event_time_column(df, cols.event_time)
+    ts = event_time_column(df, cols.event_time, unit=cols.event_time_unit)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    lo, hi = plausible_range(quality, now)
+    raw_time = F.coalesce(F.col(cols.event_time).cast("string"), F.lit("null"))
     num = {c: F.col(c).cast("double") for c in cols.numerical}
     checks: list[tuple[Column, str, Column]] = [
         (F.col(cols.order_id).isNull(), "null_key", F.lit(f"{cols.order_id} is null")),
         (F.col(cols.customer_id).isNull(), "null_key", F.lit(f"{cols.customer_id} is null")),
-        (ts.isNull(), "bad_event_time",
-         F.concat(F.lit(f"{cols.event_time}="), F.coalesce(F.col(cols.event_time).cast("string"), F.lit("null")))),
+        (ts.isNull(), "bad_event_time", F.concat(F.lit(f"{cols.event_time}="), raw_time)),
+        (implausible(ts, quality, now), "bad_event_time",
+         F.concat(F.lit(f"{cols.event_time}="), raw_time, F.lit(" reads as "), ts.cast("string"),
+                  F.lit(f" UTC, outside the plausible [{lo:%Y-%m-%d}, {hi:%Y-%m-%d %H:%M}] (quality.min_event_time, "
+                        f"quality.max_future_days)"))),
     ]
     for c, v in num.items():
         checks.append((F.isnan(v) | v.isin(float("inf"), float("-inf")), "non_finite",
@@ -125,7 +161,7 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
         checks.append((lab.isNotNull() & ~F.coalesce(lab.cast("double").isin(0.0, 1.0), F.lit(False)), "bad_label",
                        F.concat(F.lit(f"{cols.label}="), lab.cast("string"), F.lit(" is not 0, 1 or null"))))
     if cols.label_time is not None and cols.label_time in df.columns:
-        lt = event_time_column(df, cols.label_time, "columns.label_time")
+        lt = event_time_column(df, cols.label_time, "columns.label_time", cols.event_time_unit)
         checks.append((lt < ts, "bad_label_time",
                        F.concat(F.lit(f"{cols.label_time}="), lt.cast("string"), F.lit(f" is before {cols.event_time}="),
                                 ts.cast("string"))))
@@ -167,6 +203,8 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
     ).withColumn(DS, F.to_date(F.col(TS)))
     return Checked(clean=clean,
                    rejected=rejected.select(F.col(cols.order_id).cast("string").alias("order_id"),
-                                            F.col(TS).alias("event_time"), F.col("_reason").alias("reason"),
+                                            # an implausible instant is kept in the detail only
+                                            F.when(~implausible(F.col(TS), quality, now), F.col(TS))
+                                            .alias("event_time"), F.col("_reason").alias("reason"),
                                             F.col("_detail").alias("detail"),
                                             F.to_json(F.struct(*originals)).alias("raw")))

@@ -36,7 +36,8 @@ had not finished the customer sequences of 2M orders after 3 minutes (on a
 loaded machine) and was dropped.  Labels enter this table only with ``labels.feedback``:
 each element's label and the time it became known, as facts; which of them a target may
 see (known strictly before its own time, never its own) is decided when a window is cut
-(``tsa_lib.features.tensorize``).
+(``tsa_lib.features.tensorize``).  With ``labels.feedback_reports`` a row also carries the
+label reports its targets may need (``report_*``, see ``tsa_lib.features.sequence_rows``).
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ class SequenceResult:
 SEQUENCE_STATS_COLUMNS = ("entity_id", "n_context", "n_targets", "run_id")
 
 
-def sequence_schema(cols: ColumnsConfig, feedback: bool = False) -> "StructType":
+def sequence_schema(cols: ColumnsConfig, feedback: bool = False, reports: bool = False) -> "StructType":
     """Explicit schema of ``sequences_<entity>`` tables (partitioned by ds).  With ``feedback``
-    (``labels.feedback``) every element also carries its label and when that label became known."""
+    (``labels.feedback``) every element also carries its label and when that label became known;
+    with ``reports`` (``labels.feedback_reports`` > 0) the row also holds label reports."""
     from pyspark.sql.types import (ArrayType, DateType, DoubleType, IntegerType, StringType, StructField,
                                    StructType, TimestampType)
 
@@ -89,6 +91,10 @@ def sequence_schema(cols: ColumnsConfig, feedback: bool = False) -> "StructType"
         *[StructField(c, ArrayType(DoubleType(), True), False) for c in cols.numerical],
         *([StructField(LABEL, ArrayType(IntegerType(), True), False),
            StructField(LABEL_KNOWN_AT, ArrayType(TimestampType(), True), False)] if feedback else []),
+        *([StructField("report_order_id", ArrayType(StringType(), True), False),
+           StructField("report_time", ArrayType(TimestampType(), True), False),
+           StructField("report_label", ArrayType(IntegerType(), True), False),
+           StructField("report_known_at", ArrayType(TimestampType(), True), False)] if reports else []),
         StructField("run_id", StringType(), False),
         StructField("ds", DateType(), False),
     ]
@@ -112,11 +118,13 @@ def build_sequences(
     seq: SequenceConfig,
     run_id: str,
     feedback: bool = False,
+    reports: int = 0,
 ) -> SequenceResult:
     """Build the (entity, ds) sequence rows for the target ``dates`` from quality-checked orders.
 
     ``clean`` holds canonical columns (see ``tsa_lib.spark.quality``) for the
-    run dates and their lookback.  Pure transform: nothing is read or written.
+    run dates and their lookback.  Pure transform: nothing is read or written.  ``reports``:
+    label reports per target (``labels.feedback_reports``; needs ``feedback``).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -126,6 +134,8 @@ def build_sequences(
         raise ValueError(f"entity: {entity!r} is not one of {sorted(ENTITY_KEY)}")
     if not dates:
         raise ValueError("dates: at least one run date is required")
+    if reports < 0 or (reports and not feedback):
+        raise ValueError(f"reports: {reports} must be >= 0 and needs feedback (the label columns)")
     key = ENTITY_KEY[entity]
     n = seq.max_len
     day_list = sorted(set(dates))
@@ -142,8 +152,9 @@ def build_sequences(
     orders = orders.join(active, key, "left_semi").select(key, TS, OID, *feats)
     spec = RowSpec(key=key, ts=TS, order_id=OID, features=tuple(feats), target_days=days_since_epoch(day_list),
                    max_len=n, cap=seq.max_orders_per_entity_day,
-                   max_age_us=None if seq.max_history_days is None else int(round(seq.max_history_days * 86400e6)))
-    arrow_out = sequence_schema(cols, feedback)
+                   max_age_us=None if seq.max_history_days is None else int(round(seq.max_history_days * 86400e6)),
+                   reports=reports, label=LABEL if reports else None, known_at=LABEL_KNOWN_AT if reports else None)
+    arrow_out = sequence_schema(cols, feedback, bool(reports))
     arrow_out = StructType([f for f in arrow_out.fields if f.name != "run_id"])
 
     def build(group: pa.Table) -> pa.Table:
@@ -154,7 +165,7 @@ def build_sequences(
     rows = (orders.withColumn(GROUP, F.pmod(F.xxhash64(F.col(key)), F.lit(seq.build_groups)))
             .groupBy(GROUP).applyInArrow(build, arrow_out)
             .withColumn("run_id", F.lit(run_id))
-            .select(*[f.name for f in sequence_schema(cols, feedback).fields]))
+            .select(*[f.name for f in sequence_schema(cols, feedback, bool(reports)).fields]))
 
     # Targets over the daily cap, built only when asked for (the job counts them first).
     day_orders = clean.filter(is_target & F.col(key).isNotNull())
