@@ -308,6 +308,41 @@ def test_examples_job_matches_direct_call(spark, featcfg: SuiteConfig) -> None: 
     assert again.count() == 3 and {r.run_id for r in again.select("run_id").collect()} == {"r2"}
 
 
+def test_order_features_repeats_and_gaps_are_recorded(spark, featcfg: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
+    """input.order_features with two rows for order 5 and none for order 7: one row of 5 is kept
+    (deterministically), the other recorded in quarantine without dropping the order; order 7 is
+    counted and gets the defaults.  Every target still reconciles."""
+    import dataclasses
+
+    from pyspark.sql import functions as F
+
+    from tsa_lib.spark.build_sequences import run_build_sequences
+    from tsa_lib.spark.encoders import fit_encoders
+    from tsa_lib.spark.examples import run_build_examples
+
+    wh = Path(featcfg.storage.warehouse) / "of"
+    feats = spark.createDataFrame([(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 7.0), (5, 9.0), (6, 2.0), (8, 3.0)],
+                                  "oid long, age double")
+    feats.write.format("delta").mode("overwrite").save(str(wh / "order_features"))
+    cfg = dataclasses.replace(
+        featcfg, input=dataclasses.replace(featcfg.input, order_features=TableSource(path=str(wh / "order_features"))),
+        storage=dataclasses.replace(featcfg.storage, database="feattest_of", warehouse=str(wh)))
+    ctx = RunContext(job="t", run_id="r1", dates=(D3,), started_at=dt.datetime(2026, 1, 4, tzinfo=dt.timezone.utc))
+    run_build_sequences(spark, cfg, ctx)
+    enc = fit_encoders(spark, cfg, D1, D2)
+    s = run_build_examples(spark, cfg, ctx, enc)
+    assert (s.targets, s.examples, s.quarantined, s.without_features) == (4, 4, 0, 1)
+    q = spark.read.format("delta").load(cfg.storage.table_path("quarantine")).filter(F.col("job") == "build_examples")
+    rows = [(r.order_id, r.reason, r.detail) for r in q.collect()]
+    assert rows == [("5", "duplicate_order_features",
+                     "input.order_features has 2 rows for this order; kept one chosen by a hash of its values")]
+    kept = {r.order_id: r.eng for r in spark.read.format("delta").load(cfg.storage.table_path("examples")).collect()}
+    other = 7.0 if q.first().raw == '{"age":9.0}' else 9.0
+    assert kept["5"] == pytest.approx(encode_engineered(pa.table({"age": [other]}), enc)[0].tolist())
+    assert kept["7"] == pytest.approx(encode_engineered(pa.table({"age": pa.array([None], pa.float64())}),
+                                                        enc)[0].tolist())
+
+
 def test_relative_column_through_the_jobs(spark, featcfg: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
     """A relative column travels quality -> sequences -> encoders -> examples and is tokenized exactly."""
     import dataclasses

@@ -23,7 +23,7 @@ from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.features.tensorize import examples_to_batch
 from tsa_lib.scoring.predict import cached_model, predict, top_attended
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
-from tsa_lib.spark.examples import build_examples_frame
+from tsa_lib.spark.examples import ExamplesFrame, build_examples_frame, log_without_features
 from tsa_lib.training.artifact import ArtifactError, LoadedModel, load_artifact, resolve_artifact
 
 if TYPE_CHECKING:
@@ -148,15 +148,17 @@ class ScoreSummary:
     targets: int = 0
     scored: int = 0
     quarantined: int = 0
+    without_features: int = 0         # scored with the engineered defaults (no engineered row)
 
 
 def score_frame(spark: "SparkSession", cfg: SuiteConfig, loaded: LoadedModel, dates: list[dt.date],
-                run_id: str) -> tuple["DataFrame", "DataFrame"]:
-    """(scores without run metadata, rejected rows) for ``dates``: a transform, nothing written."""
+                run_id: str) -> tuple["DataFrame", ExamplesFrame]:
+    """(scores without run metadata, the examples frame with its rejected rows) for ``dates``: a
+    transform, nothing written."""
     frame = build_examples_frame(spark, cfg, loaded.encoders, dates, run_id, with_history_ids=True,
                                  with_labels=False)
     scored = frame.examples.mapInArrow(make_scorer(loaded, cfg), _udf_schema())
-    return scored, frame.rejected
+    return scored, frame
 
 
 def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_path: Optional[str] = None
@@ -172,7 +174,8 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
     loaded = load_artifact(resolve_model_path(spark, cfg, model_path))  # fails before anything is written
     s = ScoreSummary(dates=tuple(dates), model=f"{loaded.name}/{loaded.version}")
     s.targets = sequence_targets(spark, cfg, dates)
-    scored, rejected = score_frame(spark, cfg, loaded, dates, ctx.run_id)
+    scored, frame = score_frame(spark, cfg, loaded, dates, ctx.run_id)
+    rejected = frame.rejected
     out = scored.select(
         "*", F.lit(loaded.name).alias("model_name"), F.lit(loaded.version).alias("model_version"),
         F.lit(loaded.encoders.version).alias("encoder_version"), F.lit(ctx.run_id).alias("run_id"),
@@ -189,6 +192,7 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
                      .withColumn("run_id", F.lit(ctx.run_id)), JOB)
     s.scored = spark.read.format("delta").load(path).filter(F.col("ds").isin(dates)).count()
     s.quarantined = count_quarantined(spark, cfg, dates, JOB)
+    s.without_features = log_without_features(frame, dates)
     if s.scored + s.quarantined != s.targets:
         raise ScoringError(f"scored {s.scored} + quarantined {s.quarantined} != targets {s.targets}")
     log.info("scored %d orders of %s with %s (+%d quarantined)", s.scored, fmt_dates(dates),

@@ -15,7 +15,7 @@ from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
 from tsa_lib.spark.inputs import read_transactions
-from tsa_lib.spark.quality import DS, EPOCH_UNITS, KID, check_quality, event_time_column, implausible, \
+from tsa_lib.spark.quality import DS, EPOCH_UNITS, KID, RECORD_ONLY_REASONS, check_quality, event_time_column, implausible, \
     plausible_range
 from tsa_lib.spark.sequences import ENTITY_KEY, SEQUENCE_STATS_COLUMNS, build_sequences, read_window, \
     sequence_schema
@@ -82,11 +82,14 @@ def write_quarantine(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, r
 
 
 def count_quarantined(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date], job: str) -> int:
-    """This job's quarantine rows for ``dates`` (for the reconciliation of later stages)."""
+    """This job's quarantined orders for ``dates`` (for the reconciliation of later stages): its
+    quarantine rows, less those that only record a problem (``RECORD_ONLY_REASONS``)."""
     from pyspark.sql import functions as F
 
     path = cfg.storage.table_path("quarantine", PROJECT_ROOT)
-    return spark.read.format("delta").load(path).filter(F.col("ds").isin(list(dates)) & (F.col("job") == job)).count()
+    return (spark.read.format("delta").load(path)
+            .filter(F.col("ds").isin(list(dates)) & (F.col("job") == job)
+                    & ~F.col("reason").isin(list(RECORD_ONLY_REASONS))).count())
 
 
 def sequence_targets(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date]) -> int:

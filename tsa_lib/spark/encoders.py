@@ -87,7 +87,7 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
                 grouped[r["col"]].append((-int(r["count"]), str(r["val"])))
             vocab = {c: tuple(v for _, v in sorted(grouped[c])[: e.max_vocab_per_column]) for c in cols.categorical}
         num = _scalers(clean, tuple(cols.numerical), cfg)
-        eng_df = read_engineered(spark, cfg, clean.select(F.col(OID).cast("string").alias("order_id")))
+        eng_df = read_engineered(spark, cfg, clean.select(F.col(OID).cast("string").alias("order_id"))).rows
         eng = _scalers(eng_df, tuple(cols.engineered), cfg)
     finally:
         clean.unpersist()

@@ -95,6 +95,7 @@ def encoded_sequences(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, da
 class ExamplesFrame:
     examples: "DataFrame"
     rejected: "DataFrame"       # order_id, event_time, reason, detail, raw
+    without_features: "DataFrame"          # order_id of targets with no engineered row (defaults used)
     labels: Optional["DataFrame"] = None   # order_id, event_time, label, label_pending (tsa_lib.spark.labels)
 
 
@@ -120,7 +121,8 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
     seq_path = cfg.storage.table_path("sequences_customer", PROJECT_ROOT)
     target_ids = (spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(list(dates)))
                   .select(F.explode(F.slice("order_id", F.col("n_context") + 1, F.col("n_targets"))).alias("order_id")))
-    eng_raw = read_engineered(spark, cfg, target_ids)
+    engineered = read_engineered(spark, cfg, target_ids)
+    eng_raw = engineered.rows
     bad = F.lit(None).cast("string")
     for c in reversed(eng_cols):
         v = F.col(c)
@@ -152,9 +154,15 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
     joined = cust.join(card, "order_id", "left").join(eng, "order_id", "left")
     joined = joined.join(labels, ["order_id", "event_time"], "left") if labels is not None \
         else joined.withColumn("label", F.lit(None).cast("int"))
+    where = "input.order_features" if cfg.input.order_features else "input.transactions"
+    repeats = engineered.repeats.join(cust.select("order_id", "event_time"), "order_id").select(
+        "order_id", "event_time", F.lit("duplicate_order_features").alias("reason"),
+        F.concat(F.lit(f"{where} has "), F.col("copies").cast("string"),
+                 F.lit(" rows for this order; kept one chosen by a hash of its values")).alias("detail"), "raw")
     rejected = joined.filter(F.col("_bad").isNotNull()).select(
         "order_id", "event_time", F.lit("non_finite").alias("reason"),
-        F.concat(F.lit("engineered "), F.col("_bad")).alias("detail"), F.lit(None).cast("string").alias("raw"))
+        F.concat(F.lit("engineered "), F.col("_bad")).alias("detail"), F.lit(None).cast("string").alias("raw")
+    ).unionByName(repeats)
     hist = [] if not with_history_ids else [
         "c_hist_ids", F.coalesce("k_hist_ids", F.array_repeat(F.lit(""), length)).alias("k_hist_ids")]
     examples = joined.filter(F.col("_bad").isNull()).select(
@@ -169,7 +177,18 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
         F.lit(at).cast("timestamp").alias("labels_as_of"),
         F.lit(enc.version).alias("encoder_version"), F.lit(run_id).alias("run_id"),
         F.to_date("event_time").alias("ds"), *hist)
-    return ExamplesFrame(examples=examples, rejected=rejected, labels=known)
+    without = joined.filter(F.col("eng").isNull()).select("order_id") if eng_cols else \
+        joined.limit(0).select("order_id")
+    return ExamplesFrame(examples=examples, rejected=rejected, without_features=without, labels=known)
+
+
+def log_without_features(frame: ExamplesFrame, dates: Sequence[dt.date]) -> int:
+    """Count and log the target orders that have no engineered row (scored with the defaults)."""
+    n = frame.without_features.count()
+    if n:
+        log.warning("%d target order(s) of %s have no engineered row: their engineered features are the "
+                    "configured defaults", n, fmt_dates(dates))
+    return n
 
 
 @dataclass
@@ -181,6 +200,7 @@ class ExamplesSummary:
     labeled: int = 0
     positives: int = 0
     pending: int = 0                  # orders whose label exists but is not known at labels_as_of
+    without_features: int = 0         # orders with no engineered row (their defaults were used)
     labels_as_of: Optional[dt.datetime] = None
 
 
@@ -215,6 +235,7 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
     s.quarantined = count_quarantined(spark, cfg, dates, JOB)
     assert frame.labels is not None
     s.pending = frame.labels.filter(F.col("label_pending")).count()
+    s.without_features = log_without_features(frame, dates)
     if s.examples + s.quarantined != s.targets:
         raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
                             f"{s.targets} for {fmt_dates(dates)}")

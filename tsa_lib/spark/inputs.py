@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -35,13 +36,23 @@ def read_transactions(spark: "SparkSession", cfg: SuiteConfig, lo: Optional[dt.d
     return raw.filter(cond), ts
 
 
+@dataclass(frozen=True)
+class Engineered:
+    """``rows``: order_id (string) + engineered columns (double), one row per order id;
+    ``repeats``: the other rows of repeated order ids (order_id, copies, raw JSON of the row)."""
+
+    rows: "DataFrame"
+    repeats: "DataFrame"
+
+
 def read_engineered(spark: "SparkSession", cfg: SuiteConfig,
-                    order_ids: Optional["DataFrame"] = None) -> "DataFrame":
-    """order_id (string) + engineered columns (double), one row per order id.
+                    order_ids: Optional["DataFrame"] = None) -> Engineered:
+    """The engineered features, one row per order id.
 
     From ``input.order_features`` when configured, else from the transactions table.
-    Repeated order ids keep one row chosen by a hash of its values (deterministic).
-    ``order_ids`` (a DataFrame with a string ``order_id``) restricts the read to those orders.
+    Repeated order ids keep one row chosen by a hash of its values (deterministic); the
+    others come back as ``repeats``.  ``order_ids`` (a DataFrame with a string ``order_id``)
+    restricts the read to those orders.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -60,8 +71,14 @@ def read_engineered(spark: "SparkSession", cfg: SuiteConfig,
                     *[F.col(c).cast("double").alias(c) for c in cols.engineered])
     if order_ids is not None:
         sel = sel.join(order_ids.select("order_id"), "order_id", "left_semi")
-    w = Window.partitionBy("order_id").orderBy(F.xxhash64(*[F.col(c) for c in cols.engineered]))
-    return sel.withColumn("_rn", F.row_number().over(w)).filter("_rn = 1").drop("_rn")
+    w = Window.partitionBy("order_id").orderBy(F.xxhash64(*[F.col(c) for c in cols.engineered]),
+                                               F.hash(*[F.col(c) for c in cols.engineered]))
+    numbered = (sel.withColumn("_rn", F.row_number().over(w))
+                .withColumn("_copies", F.count(F.lit(1)).over(Window.partitionBy("order_id"))))
+    repeats = numbered.filter("_rn > 1").select(
+        "order_id", F.col("_copies").alias("copies"),
+        F.to_json(F.struct(*[F.col(c) for c in cols.engineered])).alias("raw"))
+    return Engineered(rows=numbered.filter("_rn = 1").drop("_rn", "_copies"), repeats=repeats)
 
 
 def _check_files(src: TableSource, kinds: dict[str, str], where: str, cfg: SuiteConfig) -> None:

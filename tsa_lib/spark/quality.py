@@ -12,6 +12,11 @@ a detail naming the column and value) when:
 - its label time (``columns.label_time``) is before the order     -> ``bad_label_time``
 - its order id was already seen (one copy is kept, chosen by
   event time then a hash of the whole row: deterministic)       -> ``duplicate_order_id``
+
+Later jobs add ``entity_daily_cap`` (the sequence job), ``non_finite`` engineered values
+and ``duplicate_order_features`` (``input.order_features`` holds more than one row for an
+order: one is kept, chosen by a hash of its values; the others are recorded, and the
+order itself is still scored, so these rows are not counted as lost orders).
 Nulls in feature columns are not errors: they get the configured default
 (relative columns keep the null: it equals no other value, see tensorize); a blank
 string counts as a null (``quality.blank_is_null``).
@@ -34,8 +39,10 @@ log = logging.getLogger(__name__)
 
 # Canonical internal column names used by every Spark stage after quality checks.
 OID, CID, KID, TS, DS = "_order_id", "_customer_id", "_card_id", "_ts", "ds"
+# Quarantine rows that record a problem without removing the order (see the module docstring).
+RECORD_ONLY_REASONS = ("duplicate_order_features",)
 QUARANTINE_REASONS = ("null_key", "bad_event_time", "non_finite", "out_of_range", "bad_label", "bad_label_time",
-                      "duplicate_order_id", "entity_daily_cap")
+                      "duplicate_order_id", "entity_daily_cap", "duplicate_order_features")
 LABEL, LABEL_KNOWN_AT = "label", "label_known_at"   # the sequence columns of labels.feedback
 
 
