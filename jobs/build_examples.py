@@ -19,6 +19,7 @@ from typing import Sequence
 
 from tsa_lib.cli import base_parser, main_guard, make_context, parse_date, setup_logging
 from tsa_lib.config import load_config
+from tsa_lib.errors import UserError
 from tsa_lib.features.encoders import load_encoders
 from tsa_lib.schedule import as_of, training_windows
 from tsa_lib.spark.examples import JOB, run_build_examples
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     at = as_of(parse_date("--labels-as-of", args.labels_as_of)) if args.labels_as_of else None
     if args.window == "training":
         if args.run_date is None or args.labels_as_of is not None:
-            raise ValueError("--window training takes --run-date D (labels as known at the end of D) and no "
+            raise UserError("--window training takes --run-date D (labels as known at the end of D) and no "
                              "--labels-as-of")
         w = training_windows(cfg, ctx.dates[0])
         ctx, at = dataclasses.replace(ctx, dates=w.dates), w.labels_as_of

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from tsa_lib.cli import base_parser, main_guard, make_context, parse_date, setup_logging
 from tsa_lib.config import load_config
+from tsa_lib.errors import UserError
 from tsa_lib.registry.models_table import run_promote, run_rollback
 from tsa_lib.spark.session import get_spark
 
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     if args.rollback and args.force:
-        raise ValueError("--force applies to --model, not to --rollback")
+        raise UserError("--force applies to --model, not to --rollback")
     cfg = load_config(args.config)
     ctx = make_context("promote", args, (parse_date("--run-date", args.run_date),) if args.run_date else ())
     spark = get_spark(cfg.spark, cfg.storage)

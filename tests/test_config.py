@@ -186,3 +186,38 @@ def test_qualified_names() -> None:
     for bad in ("a.b.c.d", "", "a..b", "a b"):
         with pytest.raises(ConfigError):
             check_qualified_name("t", bad)
+
+
+def test_one_error_root_and_the_job_guard(caplog: pytest.LogCaptureFixture) -> None:
+    """User errors (config, data, artifact, encoders) are one line and exit 2; a plain ValueError
+    (a bug, e.g. a shape check) keeps its traceback."""
+    import inspect
+    import pkgutil
+
+    import tsa_lib
+    from tsa_lib import errors
+    from tsa_lib.cli import main_guard
+
+    def job(exc: BaseException):  # type: ignore[no-untyped-def]
+        @main_guard
+        def main(argv=None):  # type: ignore[no-untyped-def]
+            raise exc
+        return main
+
+    for exc in (errors.ConfigError("training.epochs: must be > 0, got 0"), errors.DataError("no orders"),
+                errors.ArtifactError("tensor 'w' holds 3 non-finite value(s)"), errors.EncoderError("bad vocab")):
+        assert job(exc)() == 2
+    assert "ConfigError: training.epochs: must be > 0, got 0" in caplog.text
+    with pytest.raises(ValueError, match="shape"):
+        job(ValueError("x: expected shape [2, 3], got [3, 2]"))()
+    with pytest.raises(errors.InternalError):
+        job(errors.InternalError("rows went missing"))()
+    # every exception class of the suite roots at TsaError
+    skip = {"tsa_lib.orchestration.airflow_dag"}
+    for m in pkgutil.walk_packages(tsa_lib.__path__, "tsa_lib."):
+        if m.name in skip:
+            continue
+        mod = __import__(m.name, fromlist=["_"])
+        for name, cls in inspect.getmembers(mod, inspect.isclass):
+            if issubclass(cls, Exception) and cls.__module__.startswith("tsa_lib"):
+                assert issubclass(cls, errors.TsaError), f"{cls.__module__}.{name} does not derive from TsaError"

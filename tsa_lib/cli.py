@@ -14,6 +14,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from tsa_lib.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MAX_RANGE_DAYS = 366
@@ -39,24 +41,24 @@ def parse_date(key: str, value: str) -> dt.date:
     try:
         return dt.date.fromisoformat(value)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{key}: {value!r} is not a YYYY-MM-DD date") from e
+        raise UserError(f"{key}: {value!r} is not a YYYY-MM-DD date") from e
 
 
 def date_range(run_date: Optional[str], start_date: Optional[str], end_date: Optional[str]) -> tuple[dt.date, ...]:
     """The run dates from ``--run-date D`` or ``--start-date A --end-date B`` (inclusive)."""
     if run_date is not None:
         if start_date is not None or end_date is not None:
-            raise ValueError("--run-date cannot be combined with --start-date/--end-date")
+            raise UserError("--run-date cannot be combined with --start-date/--end-date")
         return (parse_date("--run-date", run_date),)
     if start_date is None or end_date is None:
-        raise ValueError(f"give --run-date, or both --start-date and --end-date (got start={start_date!r}, "
+        raise UserError(f"give --run-date, or both --start-date and --end-date (got start={start_date!r}, "
                          f"end={end_date!r})")
     a, b = parse_date("--start-date", start_date), parse_date("--end-date", end_date)
     if b < a:
-        raise ValueError(f"--end-date {end_date!r} is before --start-date {start_date!r}")
+        raise UserError(f"--end-date {end_date!r} is before --start-date {start_date!r}")
     n = (b - a).days + 1
     if n > MAX_RANGE_DAYS:
-        raise ValueError(f"date range {start_date}..{end_date} spans {n} days; at most {MAX_RANGE_DAYS} per run")
+        raise UserError(f"date range {start_date}..{end_date} spans {n} days; at most {MAX_RANGE_DAYS} per run")
     return tuple(a + dt.timedelta(days=i) for i in range(n))
 
 
@@ -96,13 +98,14 @@ def make_context(job: str, args: argparse.Namespace, dates: Optional[tuple[dt.da
 
 
 def main_guard(fn: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a job's main: user errors (bad config/arguments/input) print one clear line and exit 2."""
-    from tsa_lib.config_base import ConfigError
+    """Wrap a job's main: user errors (``tsa_lib.errors.UserError``: config, arguments, input
+    data, artifacts) and missing files print one clear line and exit 2; anything else keeps
+    its traceback."""
 
     def wrapped(argv: Sequence[str] | None = None) -> int:
         try:
             return fn(argv)
-        except (ConfigError, ValueError, FileNotFoundError) as e:
+        except (UserError, FileNotFoundError) as e:
             logging.getLogger(fn.__module__).error("%s: %s", type(e).__name__, e)
             return 2
 

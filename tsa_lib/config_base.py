@@ -20,13 +20,12 @@ from typing import Any, Mapping, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from tsa_lib.errors import ConfigError  # noqa: F401  (raised here, imported from here by callers)
+
 T = TypeVar("T")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid."""
 
 
 def check_identifier(key: str, value: Any) -> str:

@@ -20,7 +20,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
-from tsa_lib.config import ConfigError, SuiteConfig
+from tsa_lib.config import SuiteConfig
+from tsa_lib.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,7 +98,7 @@ def check_mature(cfg: SuiteConfig, days: Iterable[dt.date], run_date: dt.date) -
     last = matured_day(cfg, run_date)
     early = sorted(d for d in days if d > last)
     if early:
-        raise ValueError(f"labels of {early[0]} are not mature at {run_date} (labels.mature_after_days="
+        raise UserError(f"labels of {early[0]} are not mature at {run_date} (labels.mature_after_days="
                          f"{cfg.labels.mature_after_days}: the last mature day is {last})")
 
 
@@ -107,7 +108,7 @@ def is_training_night(logical_date: dt.date, weekdays: Iterable[int] = DEFAULT_T
     days = tuple(weekdays)
     bad = [w for w in days if not (isinstance(w, int) and 0 <= w <= 6)]
     if bad:
-        raise ValueError(f"weekdays: {bad} are not weekday numbers 0 (Monday) .. 6 (Sunday)")
+        raise ConfigError(f"weekdays: {bad} are not weekday numbers 0 (Monday) .. 6 (Sunday)")
     return bool((conf or {}).get("train")) or logical_date.weekday() in days
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from tsa_lib.config import ColumnsConfig, GeneratorConfig
+from tsa_lib.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class _Builder:
 def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     """Generate the synthetic transactions and engineered features for ``cfg``."""
     if not 0.0 <= dirty_rate < 0.1:
-        raise ValueError(f"dirty_rate: must be in [0, 0.1), got {dirty_rate!r}")
+        raise UserError(f"dirty_rate: must be in [0, 0.1), got {dirty_rate!r}")
     rng = np.random.default_rng(cfg.seed)
     start = pd.Timestamp(cfg.start_date, tz="UTC").value // 10**9  # epoch seconds
     span = cfg.n_days * 86400

@@ -23,6 +23,7 @@ import pandas as pd
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
+from tsa_lib.errors import UserError
 from tsa_lib.evaluation.metrics import card_precision_by_day, psi, summarize
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
 from tsa_lib.spark.labels import read_labels
@@ -48,7 +49,7 @@ def metrics_schema() -> "StructType":
                        StructField("ds", DateType(), False)])
 
 
-class NoScoresError(ValueError):
+class NoScoresError(UserError):
     """The dates to evaluate were never scored."""
 
 
@@ -98,7 +99,7 @@ def run_evaluation(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, rep
     """Compute per-day metrics for ``ctx.dates`` with the labels known at ``labels_as_of`` (None:
     now), write them, and (optionally) render the report."""
     if not ctx.dates:
-        raise ValueError("evaluate needs --run-date or --start-date/--end-date")
+        raise UserError("evaluate needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     prev_day = dates[0] - dt.timedelta(days=1)
     ent = "card_id" if cfg.evaluation.precision_entity == "card" else "customer_id"

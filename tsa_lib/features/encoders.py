@@ -35,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tsa_lib.errors import EncoderError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -47,9 +49,6 @@ FEEDBACK_INPUT = "_label_feedback"   # name of the derived categorical input (se
 GAP_FEATURE = "_gap_prev"  # name of the derived numerical input (see Encoders.gap_feature)
 RELATIVE_SUFFIX = "~relative"  # input name of a column's relative token / relative value
 
-
-class EncoderError(ValueError):
-    """An encoder artifact is missing, malformed or does not fit the data."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Callable, Optional
 
+from tsa_lib.errors import InternalError
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -37,7 +39,7 @@ MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(InternalError):
     """The cluster did not come up (the message names the daemon and its log)."""
 
 

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig, load_config
+from tsa_lib.errors import InternalError, UserError
 from tsa_lib.orchestration.airflow_dag import LOGICAL_DATE, TaskSpec, plan
 from tsa_lib.schedule import DEFAULT_TRAIN_WEEKDAYS, is_training_night, label_known, training_windows
 
@@ -101,7 +102,7 @@ def _kill_spec(value: str, specs: Sequence[TaskSpec], nights: int) -> tuple[str,
     task, _, k = value.partition("@")
     spark_tasks = [t.task_id for t in specs if not t.torchrun]
     if task not in spark_tasks or not k.isdigit() or not 1 <= int(k) <= nights:
-        raise ValueError(f"--kill-task: {value!r} is not TASK@K with TASK one of {spark_tasks} and K a night "
+        raise UserError(f"--kill-task: {value!r} is not TASK@K with TASK one of {spark_tasks} and K a night "
                          f"number 1..{nights}")
     return task, int(k)
 
@@ -135,22 +136,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
 def _options(a: argparse.Namespace) -> Options:
     config = Path(a.config).resolve()
     if not config.is_file():
-        raise ValueError(f"--config: {a.config!r} is not a file")
+        raise UserError(f"--config: {a.config!r} is not a file")
     bad = [w for w in a.training_weekdays if not 0 <= w <= 6]
     if bad:
-        raise ValueError(f"--training-weekdays: {bad} are not weekday numbers 0 (Monday) .. 6 (Sunday)")
+        raise UserError(f"--training-weekdays: {bad} are not weekday numbers 0 (Monday) .. 6 (Sunday)")
     workdir = Path(a.workdir) if os.path.isabs(a.workdir) else PROJECT_ROOT / a.workdir
     opts = Options(config=config, start=a.start, nights=a.nights, workdir=workdir.resolve(),
                    customers=a.customers, weekdays=tuple(a.training_weekdays),
                    kill=_kill_spec(a.kill_task, plan(), a.nights) if a.kill_task else None,
                    sabotage=a.sabotage_night, nproc=a.nproc, task_timeout_s=a.task_timeout)
     if opts.sabotage is not None and (opts.sabotage not in opts.dates or not opts.training(opts.sabotage)):
-        raise ValueError(f"--sabotage-night: {opts.sabotage} is not a training night of the replay "
+        raise UserError(f"--sabotage-night: {opts.sabotage} is not a training night of the replay "
                          f"({opts.start}..{opts.dates[-1]}, training weekdays {list(opts.weekdays)})")
     if opts.kill is not None:
         spec = next(t for t in plan() if t.task_id == opts.kill[0])
         if spec.training and not opts.training(opts.dates[opts.kill[1] - 1]):
-            raise ValueError(f"--kill-task: {a.kill_task!r}: night {opts.kill[1]} "
+            raise UserError(f"--kill-task: {a.kill_task!r}: night {opts.kill[1]} "
                              f"({opts.dates[opts.kill[1] - 1]}) is not a training night")
     return opts
 
@@ -162,11 +163,11 @@ def prepare_workdir(path: Path) -> Path:
     p = path.resolve()
     roots = [PROJECT_ROOT.resolve(), Path(tempfile.gettempdir()).resolve(), Path("/tmp").resolve()]
     if not any(r in p.parents for r in roots):
-        raise ValueError(f"--workdir: {str(path)!r} is outside the project {str(PROJECT_ROOT)!r} and the temp "
+        raise UserError(f"--workdir: {str(path)!r} is outside the project {str(PROJECT_ROOT)!r} and the temp "
                          f"folder; not using it")
     if p.exists():
         if any(p.iterdir()) and not (p / MARKER).is_file():
-            raise ValueError(f"--workdir: {str(path)!r} is not empty and was not made by a replay (no {MARKER}); "
+            raise UserError(f"--workdir: {str(path)!r} is not empty and was not made by a replay (no {MARKER}); "
                              f"not removing it")
         shutil.rmtree(p)
     p.mkdir(parents=True)
@@ -178,7 +179,7 @@ def history_start(cfg: SuiteConfig, start: dt.date) -> dt.date:
     """First day of generated data: the bootstrap training's windows and a week of sequence history."""
     w = cfg.training.window
     if w is None:
-        raise ValueError("--config: the replay needs training.window (training windows relative to the run date), "
+        raise UserError("--config: the replay needs training.window (training windows relative to the run date), "
                          "not fixed training dates")
     days = 1 + cfg.labels.mature_after_days + w.valid_days + w.train_days + 7
     return start - dt.timedelta(days=days)
@@ -264,7 +265,7 @@ class InputFeed:
 
 # ---- running tasks ---------------------------------------------------------------------------
 
-class TaskFailed(RuntimeError):
+class TaskFailed(InternalError):
     """A task exited non-zero (or hung)."""
 
     def __init__(self, record: dict[str, Any]) -> None:
@@ -765,7 +766,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)  # a kill still stops the cluster and writes the summary
     try:
         summary = replay(opts)
-    except ValueError as e:
+    except UserError as e:
         log.error("%s", e)
         return 2
     print(report(summary))

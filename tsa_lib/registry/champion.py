@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from tsa_lib.config import PromotionConfig
+from tsa_lib.errors import UserError
 
 ACTIONS = ("gate", "promote", "rollback")
 DECISIONS = ("promoted", "rejected", "forced", "rolled_back")
 
 
-class PromotionError(ValueError):
+class PromotionError(UserError):
     """A promotion or rollback that the rules refuse (or that names no known model)."""
 
 

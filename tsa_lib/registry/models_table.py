@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
+from tsa_lib.errors import DataError, UserError
 from tsa_lib.evaluation.metrics import average_precision, roc_auc
 from tsa_lib.registry.champion import (Champion, PromotionError, champion_history, current_champion, decide,
                                        latest_gate)
@@ -40,7 +41,7 @@ GATE_JOB = "gate"
 METRICS = {"average_precision": average_precision, "roc_auc": roc_auc}
 
 
-class GateError(ValueError):
+class GateError(DataError):
     """The gate cannot judge: no validation labels of both classes, or no candidate."""
 
 
@@ -138,7 +139,7 @@ def run_gate(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, candidate
              ) -> GateResult:
     """Judge the model trained for the run date against the champion and record the verdict."""
     if len(ctx.dates) != 1:
-        raise ValueError(f"the gate runs for one date (the training night), got {fmt_dates(ctx.dates)}")
+        raise UserError(f"the gate runs for one date (the training night), got {fmt_dates(ctx.dates)}")
     run_date = ctx.dates[0]
     w = training_windows(cfg, run_date)
     assert w.labels_as_of is not None

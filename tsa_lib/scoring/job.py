@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
+from tsa_lib.errors import InternalError, UserError
 from tsa_lib.features.tensorize import examples_to_batch
 from tsa_lib.scoring.predict import cached_model, predict, top_attended
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
@@ -35,11 +36,11 @@ log = logging.getLogger(__name__)
 JOB = "score"
 
 
-class ScoringError(RuntimeError):
+class ScoringError(InternalError):
     """Scores do not reconcile with the sequence targets."""
 
 
-class NoChampionError(ValueError):
+class NoChampionError(UserError):
     """No model is named and the ``models`` table has no champion."""
 
 
@@ -169,7 +170,7 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
     from tsa_lib.spark.build_sequences import count_quarantined, sequence_targets, write_quarantine
 
     if not ctx.dates:
-        raise ValueError("score needs --run-date or --start-date/--end-date")
+        raise UserError("score needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     loaded = load_artifact(resolve_model_path(spark, cfg, model_path))  # fails before anything is written
     s = ScoreSummary(dates=tuple(dates), model=f"{loaded.name}/{loaded.version}")

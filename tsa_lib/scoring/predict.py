@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 import torch
 
+from tsa_lib.errors import ArtifactError
 from tsa_lib.features.tensorize import ModelBatch
 from tsa_lib.training.artifact import LoadedModel, load_artifact
 
@@ -46,7 +47,7 @@ def cached_model(path: str, version: str, device: Optional[str] = None, threads:
             dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
             loaded = load_artifact(path, device=dev)
             if loaded.version != version:
-                raise ValueError(f"model at {path!r} is version {loaded.version}, expected {version}")
+                raise ArtifactError(f"model at {path!r} is version {loaded.version}, expected {version}")
             _CACHE[key] = loaded
             log.info("worker %d loaded model %s %s on %s", os.getpid(), loaded.name, version, dev)
         return _CACHE[key]

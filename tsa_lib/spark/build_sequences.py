@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
+from tsa_lib.errors import DataError, InternalError, UserError
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
 from tsa_lib.spark.inputs import read_transactions
 from tsa_lib.spark.quality import DS, EPOCH_UNITS, KID, RECORD_ONLY_REASONS, check_quality, event_time_column, implausible, \
@@ -29,15 +30,15 @@ log = logging.getLogger(__name__)
 JOB = "build_sequences"
 
 
-class ReconciliationError(RuntimeError):
+class ReconciliationError(InternalError):
     """Rows went missing: input targets != sequence targets + quarantined rows."""
 
 
-class EmptyRunDateError(ValueError):
+class EmptyRunDateError(DataError):
     """A run date has no input orders at all (a late or broken feed, unless the business says so)."""
 
 
-class EventTimeUnitError(ValueError):
+class EventTimeUnitError(DataError):
     """Numeric event times read in the configured epoch unit are mostly implausible: a unit mismatch."""
 
 
@@ -103,7 +104,7 @@ def sequence_targets(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt
         n = int(spark.read.format("delta").load(path).filter(F.col(DS).isin(list(dates)))
                 .agg(F.sum("n_targets")).first()[0] or 0)
     if n == 0:
-        raise ValueError(f"no customer sequences for {fmt_dates(dates)} in {path!r}: "
+        raise DataError(f"no customer sequences for {fmt_dates(dates)} in {path!r}: "
                          f"run jobs/build_sequences.py for these dates first")
     return n
 
@@ -119,7 +120,7 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
     from pyspark.sql import functions as F
 
     if not ctx.dates:
-        raise ValueError("build_sequences needs --run-date or --start-date/--end-date")
+        raise UserError("build_sequences needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     cols, seq = cfg.columns, cfg.sequences
     lo, hi = read_window(dates, seq)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from tsa_lib.config import PROJECT_ROOT, StorageConfig, TableSource
+from tsa_lib.errors import DataError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -68,7 +69,7 @@ def ensure_table(
         existing = {f.name for f in spark.read.format("delta").load(path).schema.fields}
         missing = [f.name for f in schema.fields if f.name not in existing]
         if missing:
-            raise ValueError(f"Delta table at {path!r} exists without columns {missing}; migrate or drop it")
+            raise DataError(f"Delta table at {path!r} exists without columns {missing}; migrate or drop it")
     else:
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
         if partition_cols:

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from tsa_lib.config import SuiteConfig
+from tsa_lib.errors import DataError, UserError
 from tsa_lib.features.encoders import Encoders, Scaler, new_version
 from tsa_lib.spark.inputs import read_engineered, read_transactions
 from tsa_lib.spark.quality import OID, check_quality
@@ -66,7 +67,7 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
     from pyspark.sql import functions as F
 
     if end < start:
-        raise ValueError(f"training window: end {end} is before start {start}")
+        raise UserError(f"training window: end {end} is before start {start}")
     cols, e = cfg.columns, cfg.encoders
     lo = dt.datetime.combine(start, dt.time())
     hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
@@ -75,7 +76,7 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
     try:
         n = clean.count()
         if n == 0:
-            raise ValueError(f"training window {start}..{end}: no usable orders in input.transactions")
+            raise DataError(f"training window {start}..{end}: no usable orders in input.transactions")
         vocab: dict[str, tuple[str, ...]] = {c: () for c in cols.categorical}
         if cols.categorical:
             pairs = F.explode(F.array(*[F.struct(F.lit(c).alias("col"), F.col(c).alias("val"))

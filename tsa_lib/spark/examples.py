@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
+from tsa_lib.errors import DataError, InternalError, UserError
 from tsa_lib.features.encoders import Encoders
 from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, seq_tensors_to_arrow
 from tsa_lib.spark.delta_io import ensure_table, replace_partitions
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 JOB = "build_examples"
 
 
-class ExamplesError(RuntimeError):
+class ExamplesError(InternalError):
     """The examples do not reconcile with the sequence targets."""
 
 
@@ -82,7 +83,7 @@ def encoded_sequences(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, da
     need = list(enc.sequence_row_columns)
     missing = [c for c in need if c not in seq.columns]
     if missing:
-        raise ValueError(f"sequences_{entity} at {path!r} lacks column(s) {missing} the encoders need")
+        raise DataError(f"sequences_{entity} at {path!r} lacks column(s) {missing} the encoders need")
 
     def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:
@@ -213,7 +214,7 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
     from tsa_lib.spark.build_sequences import count_quarantined, sequence_targets, write_quarantine
 
     if not ctx.dates:
-        raise ValueError("build_examples needs --run-date or --start-date/--end-date")
+        raise UserError("build_examples needs --run-date or --start-date/--end-date")
     dates = sorted(ctx.dates)
     at = labels_as_of or ctx.started_at
     s = ExamplesSummary(dates=tuple(dates), labels_as_of=at)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.data.synthetic import Generated, generate
+from tsa_lib.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -43,7 +44,7 @@ def write_generated(spark: "SparkSession", cfg: SuiteConfig, data: Generated) ->
     """Overwrite the configured input tables with ``data`` (Delta, sorted by time for data skipping)."""
     tx_src, feat_src = cfg.input.transactions, cfg.input.order_features
     if tx_src.path is None:
-        raise ValueError(f"input.transactions: the generator writes by path, got table={tx_src.table!r}")
+        raise ConfigError(f"input.transactions: the generator writes by path, got table={tx_src.table!r}")
     tx_path = tx_src.resolved_path(PROJECT_ROOT)
     feat_path = feat_src.resolved_path(PROJECT_ROOT) if feat_src is not None and feat_src.path else None
     assert tx_path is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig, TableSource
+from tsa_lib.errors import DataError
 from tsa_lib.spark.delta_io import read_source
 from tsa_lib.spark.schema_check import KEY, NUMERIC, check_parquet_files, check_spark_schema, expected_kinds
 from tsa_lib.spark.quality import event_time_column, implausible
@@ -66,7 +67,7 @@ def read_engineered(spark: "SparkSession", cfg: SuiteConfig,
     check_spark_schema(df.schema, kinds, where)
     missing = [c for c in (cols.order_id, *cols.engineered) if c not in df.columns]
     if missing:
-        raise ValueError(f"{where}: column(s) {missing} not found; the table has {df.columns}")
+        raise DataError(f"{where}: column(s) {missing} not found; the table has {df.columns}")
     sel = df.select(F.col(cols.order_id).cast("string").alias("order_id"),
                     *[F.col(c).cast("double").alias(c) for c in cols.engineered])
     if order_ids is not None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from tsa_lib.config import ColumnsConfig, LabelsConfig, QualityConfig
+from tsa_lib.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -64,7 +65,7 @@ def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time
     from pyspark.sql.types import DateType, NumericType, StringType, TimestampNTZType, TimestampType
 
     if name not in df.columns:
-        raise ValueError(f"{key}: column {name!r} is not in the input (columns: {df.columns})")
+        raise DataError(f"{key}: column {name!r} is not in the input (columns: {df.columns})")
     dtype = df.schema[name].dataType
     if isinstance(dtype, TimestampType):
         return F.col(name)
@@ -79,8 +80,8 @@ def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time
             return F.timestamp_millis(F.col(name).cast("long"))
         if unit == "us":
             return F.timestamp_micros(F.col(name).cast("long"))
-        raise ValueError(f"columns.event_time_unit: {unit!r} is not one of {list(EPOCH_UNITS)}")
-    raise ValueError(f"{key}: column {name!r} has type {dtype.simpleString()}, "
+        raise ConfigError(f"columns.event_time_unit: {unit!r} is not one of {list(EPOCH_UNITS)}")
+    raise DataError(f"{key}: column {name!r} has type {dtype.simpleString()}, "
                      f"expected timestamp, date, string or epoch {EPOCH_UNITS.get(unit, unit)}")
 
 
@@ -117,7 +118,7 @@ def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "inpu
     need = [cols.order_id, cols.customer_id, cols.card_id, cols.event_time, *cols.sequence_columns]
     missing = [c for c in need if c not in df.columns]
     if missing:
-        raise ValueError(f"{where}: configured column(s) {missing} not found; the table has {df.columns}")
+        raise DataError(f"{where}: configured column(s) {missing} not found; the table has {df.columns}")
 
 
 def _text(col: str, quality: QualityConfig) -> "Column":

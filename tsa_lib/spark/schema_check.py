@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tsa_lib.config import ColumnsConfig
+from tsa_lib.errors import DataError
 
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 NUMERIC, TIME, KEY = "a number", "a timestamp, date, string or epoch number", "a string or a number"
 
 
-class SchemaDriftError(ValueError):
+class SchemaDriftError(DataError):
     """An input lacks a configured column, or a column has a type it cannot have."""
 
 

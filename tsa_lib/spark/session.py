@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from tsa_lib.config import PROJECT_ROOT, SparkConfig, StorageConfig
+from tsa_lib.errors import UserError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -34,7 +35,7 @@ _DELTA_JAR = re.compile(r"^delta-spark_(?P<spark>\d+\.\d+)_(?P<scala>\d+\.\d+)-(
 _JAR_NAME = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[\w.\-]*)\.jar$")
 
 
-class VersionMismatchError(RuntimeError):
+class VersionMismatchError(UserError):
     """pyspark, delta-spark and the Delta jars are not a matching set."""
 
 

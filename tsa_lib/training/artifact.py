@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch
 
 from tsa_lib.config import PROJECT_ROOT
+from tsa_lib.errors import ArtifactError
 from tsa_lib.features.encoders import Encoders, encoders_from_json
 from tsa_lib.models.config import ModelConfig, model_config_from_dict
 from tsa_lib.models.factory import build_model
@@ -33,9 +34,6 @@ log = logging.getLogger(__name__)
 FORMAT = "tsa-model/1"
 FILES = ("model.safetensors", "model_config.json", "encoders.json", "metrics.json", "manifest.json")
 
-
-class ArtifactError(ValueError):
-    """A model artifact is missing, incomplete or incompatible."""
 
 
 @dataclass(frozen=True)

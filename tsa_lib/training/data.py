@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from tsa_lib.errors import DataError
 from tsa_lib.features.encoders import Encoders
 from tsa_lib.features.tensorize import ModelBatch, examples_to_batch
 
@@ -25,9 +26,6 @@ log = logging.getLogger(__name__)
 
 TENSOR_FIELDS = ("c_cat", "c_num", "c_dt", "c_mask", "k_cat", "k_num", "k_dt", "k_mask", "eng", "label")
 
-
-class DataError(ValueError):
-    """The examples table is missing, empty for a window, or does not match the encoders."""
 
 
 def table_version(path: str) -> int:
