@@ -94,6 +94,30 @@ def test_job_equals_direct_call(spark, scored: dict[str, Any]) -> None:  # type:
     assert spark.sql("SELECT count(*) AS n FROM scoretest.scores WHERE ds = DATE'2026-01-03'").first().n == 3
 
 
+def test_pandas_udf_agrees_with_the_job_and_runs_from_sql(spark, scored: dict[str, Any], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    from tsa_lib.scoring.udf import UDF_COLUMNS, score_udf
+    from tsa_lib.spark.examples import build_examples_frame
+
+    job = {o: r.score for o, r in _scores(spark, scored["cfg"]).items()}
+    ex = build_examples_frame(spark, scored["cfg"], scored["enc"], [D3], "udf", with_labels=False).examples
+    tsa_score = score_udf(scored["artifact"], batch_size=2)
+    got = {r.order_id: r.score for r in ex.withColumn("score", tsa_score(*UDF_COLUMNS)).collect()}
+    assert sorted(got) == sorted(job) == ["5", "7", "8"]
+    assert all(abs(got[o] - job[o]) < 1e-5 for o in job), (got, job)
+    ex.createOrReplaceTempView("udf_examples")
+    spark.udf.register("tsa_score", tsa_score)
+    sql = spark.sql(f"SELECT order_id, tsa_score({', '.join(UDF_COLUMNS)}) AS s FROM udf_examples").collect()
+    assert {r.order_id: r.s for r in sql} == got
+    # a column of the wrong shape is named, with what it should hold
+    bad = ex.withColumn("c_dt", F.slice("c_dt", 1, 2))
+    with pytest.raises(Exception, match=r"c_dt: expected 4 values per row \(shape \[4\]\), got 2 values in row 0"):
+        bad.withColumn("score", tsa_score(*UDF_COLUMNS)).collect()
+    with pytest.raises(ArtifactError):      # on the driver, before any task
+        score_udf(tmp_path / "no_model")
+
+
 def test_explanations(spark, scored: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     got = _scores(spark, scored["cfg"])
     for r in got.values():
