@@ -16,7 +16,7 @@ from tsa_lib.config import ColumnsConfig, EncoderConfig, InputConfig, QualityCon
     StorageConfig, SuiteConfig, TableSource
 from tsa_lib.features.encoders import EncoderError, Encoders, Scaler, encoders_from_json, load_encoders
 from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, examples_to_batch, \
-    gap_feature, relative_codes, seq_tensors_to_arrow
+    relative_codes, seq_tensors_to_arrow
 
 
 def _enc(**over: Any) -> Encoders:
@@ -45,19 +45,30 @@ def test_scalers_clip_and_log1p() -> None:
         [0.0, 0.0, 0.25, 1.0, 1.0, 0.0]  # NaN (a null) -> numerical default 0 -> 0
     np.testing.assert_allclose(e.encode_numeric("age", np.array([0.0, 9.0, 99.0])), [0.0, 1.0, 1.0], rtol=1e-6)
     assert Scaler(lo=3.0, hi=3.0).apply(np.array([1.0, 5.0])).tolist() == [0.0, 0.0]
-    std = Scaler(lo=0.0, hi=100.0, mean=20.0, std=10.0)       # standardised after clipping
-    assert std.apply(np.array([-5.0, 20.0, 35.0, 1e9])).tolist() == [-2.0, 0.0, 1.5, 8.0]
-    with pytest.raises(EncoderError, match="need a finite mean and std >= 0, got mean=0.0 std=-1.0"):
-        Scaler(lo=0.0, hi=1.0, std=-1.0)
 
 
 def test_artifact_round_trip(tmp_path: Path) -> None:
-    e = _enc(numeric_scalers={"amount": Scaler(lo=0.0, hi=100.0, mean=20.0, std=10.0)})
+    e = _enc()
     path = e.save(tmp_path / "encoders")
     assert (tmp_path / "encoders" / "LATEST").read_text().strip() == path.name
     back = load_encoders(tmp_path / "encoders")
-    assert back == e and back.vocab_size == 5 and back.numeric_scalers["amount"].std == 10.0
+    assert back == e and back.vocab_size == 5
     assert load_encoders(path) == e
+
+
+def test_artifacts_from_before_the_removed_options() -> None:
+    """Encoders written when gap_feature and standardised scaling existed: off, they load as today's;
+    on, they are refused naming the key (this code cannot build those inputs)."""
+    old = json.loads(json.dumps(_enc().to_json()))
+    old["gap_feature"] = False
+    for s in (*old["numeric_scalers"].values(), *old["engineered_scalers"].values()):
+        s.update(mean=0.0, std=0.0)
+    assert encoders_from_json(old) == _enc()
+    with pytest.raises(EncoderError, match="gap_feature: True"):
+        encoders_from_json({**old, "gap_feature": True})
+    old["numeric_scalers"]["amount"].update(mean=20.0, std=10.0)
+    with pytest.raises(EncoderError, match="numeric_scalers.amount: std 10.0"):
+        encoders_from_json(old)
 
 
 @pytest.mark.parametrize("mutate, words", [
@@ -164,39 +175,12 @@ def test_categorical_column_also_relative() -> None:
 
 
 def test_relative_numerical_exact(tmp_path: Path) -> None:
-    e = _enc(relative_numerical=("amount",), gap_feature=True)
-    assert e.num_inputs == ("amount", "amount~relative", "_gap_prev")
+    e = _enc(relative_numerical=("amount",))
+    assert e.num_inputs == ("amount", "amount~relative")
     t = encode_sequence_batch(_seq_batch(), e)
     # scaled amounts: o1 0.5, o2 1.0 (200 clipped), o3 0.1; each minus the target's, 0 at padding
     np.testing.assert_allclose(t.num[:, :, 1], [[0, -0.5, 0.0], [0, 0.4, 0.0]], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(t.num[:, :, 0], encode_sequence_batch(_seq_batch(), _enc()).num[:, :, 0])
-    assert t.num[:, :, 2].tolist() == encode_sequence_batch(_seq_batch(), _enc(gap_feature=True)).num[:, :, 1].tolist()
-    assert load_encoders(e.save(tmp_path)) == e
-
-
-def test_gap_feature_exact() -> None:
-    m = 60_000_000  # a minute in microseconds
-    times = np.array([[0, 0, 10 * m, 10 * m + 59 * m, 10 * m + 59 * m],   # pad, first, +10 min, +59 min, tie
-                      [0, 0, 0, 5 * m, 5 * m]], dtype=np.int64)
-    mask = np.array([[False, True, True, True, True], [False, False, False, True, True]])
-    g = gap_feature(times, mask, horizon_minutes=float(np.expm1(6.0)))    # log1p(horizon) = 6
-    np.testing.assert_allclose(g[0], [0.0, 1.0, np.log1p(10) / 6, np.log1p(59) / 6, 0.0], rtol=1e-6)
-    np.testing.assert_allclose(g[1], [0.0, 0.0, 0.0, 1.0, 0.0])
-    assert gap_feature(np.array([[0, 10**15]]), np.array([[True, True]]), 10.0).tolist() == [[1.0, 1.0]]  # clipped
-    with pytest.raises(ValueError, match="expected the same"):
-        gap_feature(times, mask[:, :3], 10.0)
-    with pytest.raises(ValueError, match="horizon_minutes: must be > 1, got 0.5"):
-        gap_feature(times, mask, 0.5)
-
-
-def test_encode_sequence_batch_gap_feature(tmp_path: Path) -> None:
-    e = _enc(gap_feature=True)
-    assert e.num_inputs == ("amount", "_gap_prev") and e.gap_horizon_minutes == 30 * 1440
-    t = encode_sequence_batch(_seq_batch(), e)
-    assert t.num.shape == (2, 3, 2)
-    np.testing.assert_array_equal(t.num[:, :, 0], encode_sequence_batch(_seq_batch(), _enc()).num[:, :, 0])
-    gap = np.log1p(2.5 * 1440) / np.log1p(30 * 1440)   # o1 -> target: 2.5 days
-    np.testing.assert_allclose(t.num[:, :, 1], [[0, 1, gap], [0, 1, gap]], rtol=1e-6)
     assert load_encoders(e.save(tmp_path)) == e
 
 
@@ -246,8 +230,6 @@ D1, D2, D3 = dt.date(2026, 1, 1), dt.date(2026, 1, 2), dt.date(2026, 1, 3)
 
 
 def test_fit_uses_the_window_only(spark, featcfg: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
-    import dataclasses
-
     from tsa_lib.spark.encoders import fit_encoders
 
     enc = fit_encoders(spark, featcfg, D1, D2)
@@ -255,11 +237,6 @@ def test_fit_uses_the_window_only(spark, featcfg: SuiteConfig) -> None:  # type:
     assert enc.numeric_scalers["amount"] == Scaler(lo=10.0, hi=40.0)
     assert enc.engineered_scalers["age"].hi == pytest.approx(float(np.log1p(100.0)))
     assert (enc.window_start, enc.window_end, enc.max_len) == ("2026-01-01", "2026-01-02", 3)
-    std = fit_encoders(spark, dataclasses.replace(
-        featcfg, encoders=dataclasses.replace(featcfg.encoders, scaling="standard")), D1, D2)
-    a = std.numeric_scalers["amount"]
-    assert (a.lo, a.hi, a.mean, a.std) == (10.0, 40.0, 25.0, pytest.approx(125 ** 0.5))
-    assert std.encode_numeric("amount", np.array([25.0, 100.0])).tolist() == pytest.approx([0.0, 15 / 125 ** 0.5])
     with pytest.raises(ValueError, match="no usable orders"):
         fit_encoders(spark, featcfg, dt.date(2027, 1, 1), dt.date(2027, 1, 2))
     with pytest.raises(ValueError, match="before start"):

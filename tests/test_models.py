@@ -154,15 +154,11 @@ def test_output_shapes(tiny: ModelConfig, model_type: str, use_moe: bool, use_ml
 # --------------------------------------------------------------------------- padding / empty sequences
 
 
-@pytest.mark.parametrize("model_type, time_bias, readout, count_pool", [
-    ("single_seq", False, "dummy", 0), ("two_seq", False, "dummy", 0), ("two_seq", True, "dummy", 0),
-    ("single_seq", False, "target", 0), ("two_seq", True, "target", 0), ("single_seq", False, "dummy", 3),
-    ("two_seq", True, "target", 4)])
+@pytest.mark.parametrize("model_type", ["single_seq", "two_seq"])
 @pytest.mark.parametrize("num_embedding", ["linear", "periodic"])
-def test_padding_invariance(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str,
-                            count_pool: int, num_embedding: str) -> None:
+def test_padding_invariance(tiny: ModelConfig, model_type: str, num_embedding: str) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, n_layers_order=2, n_layers_feature=2,
-                       time_bias=time_bias, readout=readout, count_pool=count_pool, num_embedding=num_embedding)
+                       num_embedding=num_embedding)
     model = build(cfg)
     lengths = torch.tensor([1, 3, 8, 5, 2, 0])  # includes an empty sequence (whole row padding)
     inputs = make_inputs(cfg, 6, lengths=lengths, lengths_ccid=torch.tensor([2, 0, 8, 1, 7, 4]))
@@ -317,13 +313,10 @@ def test_time_encode_formula() -> None:
 # --------------------------------------------------------------------------- gradients / determinism
 
 
-@pytest.mark.parametrize("model_type, time_bias, readout, count_pool, num_embedding", [
-    ("single_seq", True, "target", 0, "linear"), ("two_seq", False, "dummy", 4, "periodic")])
-def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, time_bias: bool, readout: str,
-                                         count_pool: int, num_embedding: str) -> None:
+@pytest.mark.parametrize("model_type, num_embedding", [("single_seq", "linear"), ("two_seq", "periodic")])
+def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, num_embedding: str) -> None:
     cfg = tiny.replace(model_type=model_type, use_moe=True, use_mlp=True, use_fm=True, n_layers_order=2,
-                       n_layers_feature=2, dropout=0.1, time_bias=time_bias, readout=readout,
-                       count_pool=count_pool, num_embedding=num_embedding)
+                       n_layers_feature=2, dropout=0.1, num_embedding=num_embedding)
     model = build(cfg, train=True)
     b = 32
     inputs = make_inputs(cfg, b, seed=1)
@@ -558,17 +551,10 @@ BAD_PRESETS = [
     ({"n_cat_features": 0}, ["n_cat_features"]),
     ({"vocab_size": "big"}, ["vocab_size", "big"]),
     ({"use_time": "yes"}, ["use_time"]),
-    ({"time_bias": "yes"}, ["time_bias"]),
-    ({"readout": "cls"}, ["readout", "cls"]),
-    ({"count_pool": -1}, ["count_pool", "-1"]),
-    ({"count_pool": True}, ["count_pool", "True"]),
-    ({"count_pool": 2.5}, ["count_pool", "2.5"]),
     ({"num_embedding": "log"}, ["num_embedding", "log"]),
     ({"members": 0}, ["members", "0"]),
     ({"members": 2.0}, ["members", "2.0"]),
     ({"members": False}, ["members", "False"]),
-    ({"member_bagging": "yes"}, ["member_bagging", "yes"]),
-    ({"member_bagging": True, "members": 1}, ["member_bagging", "members: 1"]),
     ({"n_layers_order": 1.5}, ["n_layers_order"]),
     ({"dim_embeding": 16}, ["dim_embeding"]),
     ({"seq_len": None}, ["seq_len"]),
@@ -601,6 +587,18 @@ def test_missing_key_and_unknown_preset(tmp_path: Path) -> None:
     path.write_text("dim_embed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_model_config(path)
+
+
+def test_stored_config_from_before_the_removed_options() -> None:
+    """An artifact's model_config.json written when time_bias, readout, count_pool and member_bagging
+    existed: at their "off" values they load as today's config; any other value is refused by name."""
+    old = {**to_dict(load_model_config("tiny")),
+           "time_bias": False, "readout": "dummy", "count_pool": 0, "member_bagging": False}
+    assert model_config_from_dict(old) == load_model_config("tiny")
+    for key, value in (("time_bias", True), ("readout", "target"), ("count_pool", 16), ("count_pool", False),
+                       ("member_bagging", True)):
+        with pytest.raises(ConfigError, match=f"{key}: this option was removed.*got {value!r}"):
+            model_config_from_dict({**old, key: value})
 
 
 @pytest.mark.parametrize("model_type", ["single_seq", "two_seq"])
@@ -697,67 +695,6 @@ def test_torch_compile_member_average(tiny: ModelConfig) -> None:
     assert all(m.clf[0].weight.grad is not None for m in model.members)
 
 
-def test_time_bias_favours_recent_orders_exactly() -> None:
-    """The recency bias enters the scores as -slope_h * log1p(minutes): check against explicit attention."""
-    from tsa_lib.models.layers import AttentionLayer, attention_with_weights
-
-    torch.manual_seed(0)
-    layer = AttentionLayer(8, 2, 16, dropout=0.0).eval()
-    x = torch.randn(1, 3, 8)
-    mask = torch.tensor([[True, True, False]])
-    bias = torch.tensor([[[0.0, -2.0, 5.0], [0.0, 0.0, 0.0]]])          # head 0 pushes key 1 down
-    _, w, _ = layer(x, mask, need_weights=True, key_bias=bias)
-    q, k, v = layer.in_proj(x).view(1, 3, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
-    raw = (q @ k.transpose(-2, -1)) / 2.0 + bias[:, :, None, :]
-    raw = raw.masked_fill(~mask[:, None, None, :], float("-inf"))
-    torch.testing.assert_close(w, torch.softmax(raw, -1).mean(1))
-    assert float(w[0, :, 2].detach().abs().max()) == 0.0                # a padded key stays masked
-    out_fast = layer(x, mask, key_bias=bias)[0]
-    out_slow = layer(x, mask, need_weights=True, key_bias=bias)[0]
-    torch.testing.assert_close(out_fast, out_slow)
-
-
-def test_count_pool_adds_exact_counts_of_past_orders() -> None:
-    """count_pool: rep gains Linear(log1p(sum over PAST orders of sigmoid(gate(token)))); the target
-    and padding never count.  With gates saturated at 1 the counts are the number of past orders."""
-    from tsa_lib.models.order_attention_layer import OrderAttentionLayer
-
-    torch.manual_seed(0)
-    emb = torch.nn.Embedding(10, 8, padding_idx=0)
-    layer = OrderAttentionLayer(2, 1, 5, 8, 2, 16, 1, emb, dropout=0.0, count_pool=2).eval()
-    mask = torch.tensor([[False, False, False, False, True],     # target only: no past order
-                         [False, False, True, True, True],       # two past orders
-                         [True, True, True, True, True]])       # four past orders
-    x_cat = torch.where(mask[:, :, None], torch.randint(2, 10, (3, 5, 2)), 0)
-    x_num = torch.where(mask[:, :, None], torch.rand(3, 5, 1), 0.0)
-    t = torch.where(mask, torch.rand(3, 5), 0.0)
-    with torch.no_grad():
-        layer.count_gate.weight.zero_()
-        layer.count_gate.bias.fill_(30.0)                         # sigmoid(30) == 1.0 in float32
-        layer.count_proj.weight.copy_(torch.tensor([[1.0, 0.0]] * 8))
-        layer.count_proj.bias.zero_()
-        layer.count_proj.bias[0] = 0.5
-        rep = layer(x_cat, x_num, t, mask)[0]
-        layer.count_proj.weight.zero_()
-        layer.count_proj.bias.zero_()
-        base = layer(x_cat, x_num, t, mask)[0]
-    added = rep - base
-    expected = torch.log1p(torch.tensor([0.0, 2.0, 4.0]))[:, None].expand(3, 8).clone()
-    expected[:, 0] += 0.5
-    torch.testing.assert_close(added, expected)
-    # padded values never count, whatever they hold
-    x_cat2 = torch.where(mask[:, :, None], x_cat, 7)
-    with torch.no_grad():
-        layer.count_gate.bias.fill_(0.0)
-        layer.count_gate.weight.normal_()
-        layer.count_proj.weight.normal_()
-        a = layer(x_cat, x_num, t, mask)[0]
-        b = layer(x_cat2, torch.where(mask[:, :, None], x_num, 1e6), torch.where(mask, t, 99.0), mask)[0]
-    assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="count_pool.*-2"):
-        OrderAttentionLayer(2, 1, 5, 8, 2, 16, 1, emb, count_pool=-2)
-
-
 def test_periodic_embedding_exact_values() -> None:
     """PeriodicEmbedding: ReLU([sin(2 pi c v), cos(2 pi c v)] @ W_f + b_f), per feature."""
     import math
@@ -843,28 +780,6 @@ def test_member_average_trains_each_member_on_its_own_loss(tiny: ModelConfig) ->
     assert sum(len(g) for g in groups) == len(list(model.parameters()))
     single = build(tiny)
     assert len(single.clip_groups()) == 1 and len(single.clip_groups()[0]) == len(list(single.parameters()))
-
-
-def test_member_bagging_weighs_rows_by_each_members_poisson_draw(tiny: ModelConfig) -> None:
-    """member_bagging: loss = sum_i sum_b n_ib * w_yb * ce_ib / sum_b w_yb with n_ib ~ Poisson(1) from the
-    step's RNG; evaluation (eval mode) is unweighted; the same RNG state gives the same loss."""
-    cfg = tiny.replace(members=2, member_bagging=True, dropout=0.0)
-    model = build(cfg, seed=4, train=True)
-    inputs, y, w = make_inputs(cfg, b=6, seed=3), torch.tensor([0, 1, 0, 0, 1, 0]), torch.tensor([1.0, 3.0])
-    scores, _ = model(*inputs)
-    torch.manual_seed(11)
-    loss = model.training_loss(scores, y, w)
-    torch.manual_seed(11)
-    counts = torch.poisson(torch.ones(2, 6))
-    ce = torch.stack([F.cross_entropy(s, y, reduction="none") for s in model.member_scores])  # [2, 6]
-    expected = (counts * w[y] * ce).sum() / w[y].sum() + model.aux_loss
-    torch.testing.assert_close(loss, expected)
-    assert counts.sum() > 0 and not torch.equal(counts[0], counts[1])    # the members fit different rows
-    torch.manual_seed(11)
-    torch.testing.assert_close(model.training_loss(scores, y, w), loss)  # resumable: the RNG decides
-    model.eval()
-    plain = sum(F.cross_entropy(s, y, weight=w) for s in model.member_scores) + model.aux_loss
-    torch.testing.assert_close(model.training_loss(scores, y, w), plain)
 
 
 def test_member_average_bad_use_names_the_problem(tiny: ModelConfig) -> None:

@@ -200,53 +200,6 @@ def test_rank_shards_partition_the_window(setup: dict[str, Any]) -> None:
         read_examples(path, 0, dt.date(2027, 1, 1), dt.date(2027, 1, 2), _encoders())
 
 
-def test_weight_average_exact() -> None:
-    import torch
-
-    from tsa_lib.training.trainer import WeightAverage
-
-    net = torch.nn.Linear(1, 1, bias=False)
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-    ema = WeightAverage(net, decay=0.5)
-    with torch.no_grad():
-        net.weight.fill_(3.0)
-    ema.update(net)            # decay min(0.5, 1/10) = 0.1: 0.1 * 1 + 0.9 * 3
-    assert float(ema.model.weight) == pytest.approx(2.8)
-    with torch.no_grad():
-        net.weight.fill_(0.0)
-    ema.update(net)            # min(0.5, 2/11): 2.8 * 2/11
-    assert float(ema.model.weight) == pytest.approx(2.8 * 2 / 11)
-    assert float(net.weight.detach()) == 0.0 and not ema.model.weight.requires_grad
-    other = WeightAverage(net, decay=0.5)
-    other.load_state_dict(ema.state_dict())
-    assert other.updates == 2 and float(other.model.weight) == pytest.approx(2.8 * 2 / 11)
-    for bad in (0.0, 1.0, -0.1):
-        with pytest.raises(ValueError, match=f"decay: must be in \\(0, 1\\), got {bad}"):
-            WeightAverage(net, bad)
-
-
-def test_weight_average_torchrun_resume(setup: dict[str, Any], uninterrupted: Path) -> None:
-    """training.ema_decay through the real 2-rank job, killed after epoch 1 and resumed."""
-    base = yaml.safe_load(setup["cfg"].read_text())
-    base["training"]["ema_decay"] = 0.9
-    cfg = setup["root"] / "train_ema.yaml"
-    cfg.write_text(yaml.safe_dump(base))
-    run = setup["root"] / "run_ema"
-    r = _torchrun(cfg, run, env={"TSA_TEST_STOP_AFTER_EPOCH": "1"})
-    assert r.returncode != 0 and (run / "checkpoints" / "last.pt").is_file()
-    r = _torchrun(cfg, run, "--resume")
-    assert r.returncode == 0, r.stderr[-5000:]
-    art = _artifact(r.stdout)
-    man = json.loads((art / "manifest.json").read_text())
-    assert man["ranks_in_sync"] is True and man["suite_config"]["training"]["ema_decay"] == 0.9
-    metrics = json.loads((art / "metrics.json").read_text())
-    assert len(metrics["history"]) == 3 and metrics["best"]["roc_auc"] > 0.8, metrics
-    # an averaged run cannot resume from a checkpoint written without the average
-    r = _torchrun(cfg, setup["root"] / "run_a", "--resume")
-    assert r.returncode != 0 and "has no weight average, but training.ema_decay is 0.9" in r.stderr, r.stderr[-3000:]
-
-
 def test_member_average_torchrun(setup: dict[str, Any], tmp_path: Path) -> None:
     """A ``members: 2`` preset through the real 2-rank job: ranks in sync, the artifact loads as the
     member average, and the pair learns the planted pattern."""

@@ -370,17 +370,8 @@ class EncoderConfig:
     quantile_low: float = 0.001
     quantile_high: float = 0.999
     log1p: tuple[str, ...] = ()
-    # After log1p and clipping to the quantiles: "minmax" scales to [0, 1]; "standard"
-    # subtracts the mean and divides by the std of the clipped training values, so every
-    # numerical input has unit spread (a 1.5x amount is not a 0.05 step in [0, 1]).
-    scaling: Literal["minmax", "standard"] = "minmax"
-    # One more numerical input per order: the time since the entity's previous order in the
-    # window (log1p of minutes over the history horizon, in [0, 1]; 1 for the window's oldest
-    # order).  Bursts and velocity ramps are gap patterns between past orders, which the time
-    # to the target order shows only as differences.
-    gap_feature: bool = False
     # Numerical sequence columns that get one more input per order: the order's scaled
-    # value minus the target order's (0 for the target; in [-1, 1] with minmax scaling).  With log1p scaling
+    # value minus the target order's (0 for the target; in [-1, 1]).  For a ``log1p`` column
     # that is the log of the amount ratio: "this order is three times what the customer
     # usually spends" is one number per past order instead of something to learn.
     relative_numerical: tuple[str, ...] = ()
@@ -427,9 +418,6 @@ class TrainConfig:
     max_pos_weight: float = 50.0
     early_stopping_metric: Literal["average_precision", "roc_auc"] = "average_precision"
     patience: int = 2
-    # Exponential moving average of the weights (0 = off): validation, early stopping and
-    # the artifact use the averaged weights, which move less from step to step.
-    ema_decay: float = 0.0
     checkpoint_every_steps: int = 200
     log_every_steps: int = 50
     seed: int = 1234
@@ -454,8 +442,6 @@ class TrainConfig:
         check_positive("training.grad_clip", self.grad_clip, allow_zero=True)
         check_positive("training.max_pos_weight", self.max_pos_weight)
         check_positive("training.patience", self.patience, allow_zero=True)
-        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
-            raise ConfigError(f"training.ema_decay: must be a number in [0, 1), got {self.ema_decay!r}")
         check_identifier("training.model_name", self.model_name)
         if self.train_end and self.valid_start and self.valid_start <= self.train_end:
             raise ConfigError(f"training.valid_start: {self.valid_start!r} must be after training.train_end "

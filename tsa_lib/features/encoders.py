@@ -4,8 +4,7 @@
   model's embedding table: 0 = padding, 1 = unknown or null, column ``c``'s
   values at ``offsets[c] .. offsets[c] + len(vocab[c]) - 1``;
 - numerical (sequence) and engineered columns: optional log1p, clip to the fitted
-  [lo, hi] quantiles, then scale to [0, 1] (robust min-max) or standardise with the
-  clipped values' mean and std (``encoders.scaling``);
+  [lo, hi] quantiles, then scale to [0, 1] (robust min-max);
 - relative columns (high-cardinality ids such as a device, or a categorical column
   that is also embedded): four tokens each after the categorical values
   (``RELATIVE_TOKENS``), chosen per window element by
@@ -46,34 +45,26 @@ RELATIVE_TOKENS = ("other_repeat", "other_first", "target_repeat", "target_first
 FEEDBACK_TOKENS = ("label_not_known", "label_known_legit", "label_known_fraud")
 REPORT_TOKENS = ("report_legit", "report_fraud")   # a label-report slot (labels.feedback_reports)
 FEEDBACK_INPUT = "_label_feedback"   # name of the derived categorical input (see Encoders.feedback)
-GAP_FEATURE = "_gap_prev"  # name of the derived numerical input (see Encoders.gap_feature)
 RELATIVE_SUFFIX = "~relative"  # input name of a column's relative token / relative value
 
 
 
 @dataclass(frozen=True)
 class Scaler:
-    """log1p (optional) -> clip to [lo, hi] -> ``(x - lo) / (hi - lo)`` (min-max, in [0, 1]), or,
-    with ``std > 0``, ``(x - mean) / std`` (standardised: mean and std of the clipped values)."""
+    """log1p (optional) -> clip to [lo, hi] -> ``(x - lo) / (hi - lo)`` (min-max, in [0, 1])."""
 
     lo: float
     hi: float
     log1p: bool = False
-    mean: float = 0.0
-    std: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lo) and math.isfinite(self.hi)) or self.lo > self.hi:
             raise EncoderError(f"scaler: need finite lo <= hi, got lo={self.lo!r} hi={self.hi!r}")
-        if not (math.isfinite(self.mean) and math.isfinite(self.std)) or self.std < 0:
-            raise EncoderError(f"scaler: need a finite mean and std >= 0, got mean={self.mean!r} std={self.std!r}")
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if self.log1p:
             x = np.log1p(np.maximum(x, 0.0))
-        if self.std > 0:
-            return ((np.clip(x, self.lo, self.hi) - self.mean) / self.std).astype(np.float32)
         span = self.hi - self.lo
         if span <= 0:
             return np.zeros(x.shape, dtype=np.float32)
@@ -99,7 +90,6 @@ class Encoders:
     time_unit_seconds: float = 86400.0
     numerical_default: float = 0.0
     relative: tuple[str, ...] = ()
-    gap_feature: bool = False
     relative_numerical: tuple[str, ...] = ()
     feedback: bool = False
     feedback_reports: int = 0
@@ -154,15 +144,9 @@ class Encoders:
 
     @property
     def num_inputs(self) -> tuple[str, ...]:
-        """The model's numerical inputs per order, in tensor order: numerical, relative numerical
-        (``<col>~relative``), then ``GAP_FEATURE``."""
-        return tuple(self.numerical) + tuple(c + RELATIVE_SUFFIX for c in self.relative_numerical) \
-            + ((GAP_FEATURE,) if self.gap_feature else ())
-
-    @property
-    def gap_horizon_minutes(self) -> float:
-        """The gap that scales to 1: the history age limit (a year when there is none)."""
-        return (self.max_history_days if self.max_history_days is not None else 365.0) * 1440.0
+        """The model's numerical inputs per order, in tensor order: numerical, then relative numerical
+        (``<col>~relative``)."""
+        return tuple(self.numerical) + tuple(c + RELATIVE_SUFFIX for c in self.relative_numerical)
 
     @property
     def cat_inputs(self) -> tuple[str, ...]:
@@ -219,7 +203,6 @@ class Encoders:
             "time_unit_seconds": self.time_unit_seconds,
             "numerical_default": self.numerical_default,
             "relative": list(self.relative),
-            "gap_feature": self.gap_feature,
             "relative_numerical": list(self.relative_numerical),
             "feedback": self.feedback,
             "feedback_reports": self.feedback_reports,
@@ -258,15 +241,23 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
         out = {}
         for col, s in raw.items():
             try:
-                out[col] = Scaler(lo=float(s["lo"]), hi=float(s["hi"]), log1p=bool(s.get("log1p", False)),
-                                  mean=float(s.get("mean", 0.0)), std=float(s.get("std", 0.0)))
+                out[col] = Scaler(lo=float(s["lo"]), hi=float(s["hi"]), log1p=bool(s.get("log1p", False)))
+                # artifacts written before standardised scaling was removed hold mean and std,
+                # std 0 meaning min-max (the only scaling this code applies)
+                std = float(s.get("std", 0.0))
             except (KeyError, TypeError, ValueError) as e:
                 raise EncoderError(f"{where}.{key}.{col}: bad scaler {s!r}: {e}") from e
+            if std != 0.0:
+                raise EncoderError(f"{where}.{key}.{col}: std {std!r}: a standardised scaler "
+                                   f"(encoders.scaling: standard, removed) cannot be applied: refit the encoders")
         return out
 
     for key in ("relative", "relative_numerical"):
         if not isinstance(data.get(key, []), list):
             raise EncoderError(f"{where}.{key}: expected a list of column names, got {data[key]!r}")
+    if data.get("gap_feature"):   # artifacts written before the option was removed hold "gap_feature": false
+        raise EncoderError(f"{where}.gap_feature: {data['gap_feature']!r}: the gap input (encoders.gap_feature, "
+                           f"removed) cannot be built: refit the encoders")
     try:
         enc = Encoders(
             version=str(data["version"]), config_hash=str(data["config_hash"]),
@@ -280,7 +271,6 @@ def encoders_from_json(data: Mapping[str, Any], where: str = "encoders") -> Enco
             time_unit_seconds=float(data.get("time_unit_seconds", 86400.0)),
             numerical_default=float(data.get("numerical_default", 0.0)),
             relative=tuple(data.get("relative", ())),
-            gap_feature=bool(data.get("gap_feature", False)),
             relative_numerical=tuple(data.get("relative_numerical", ())),
             feedback=bool(data.get("feedback", False)),
             feedback_reports=int(data.get("feedback_reports", 0)),

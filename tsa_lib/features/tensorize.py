@@ -10,10 +10,9 @@ the real slots are contiguous: label reports (oldest known first), past orders, 
                                   the categorical columns, then the relative ones, then
                                   the label feedback (``feedback_codes``) when on; a
                                   label-report slot holds only its report token
-- ``num``  float32 [T, L, n_num]  scaled (to [0, 1], or standardised), 0 at padding; the
-                                  numerical columns, then each relative numerical one (scaled
-                                  value minus the target's), then the gap to the previous
-                                  order when ``gap_feature``
+- ``num``  float32 [T, L, n_num]  scaled to [0, 1], 0 at padding; the numerical columns,
+                                  then each relative numerical one (scaled value minus the
+                                  target's)
 - ``dt``   float32 [T, L]         days between each element and the target (0 for it); for
                                   a label report, the age of the order it is about
 - ``mask`` bool    [T, L]         True where an order is present
@@ -84,25 +83,6 @@ def feedback_codes(labels: np.ndarray, known_at_us: np.ndarray, target_us: np.nd
         visible[:, -1] = False
     codes = np.where(visible, 1 + (labels > 0), 0).astype(np.int8)
     return np.where(mask, codes, -1).astype(np.int8)
-
-
-def gap_feature(times_us: np.ndarray, mask: np.ndarray, horizon_minutes: float) -> np.ndarray:
-    """Per slot: minutes since the previous order of the window as ``log1p(m) / log1p(horizon)``
-    clipped to [0, 1]; 1 for the window's oldest order (its predecessor is not known), 0 at padding.
-
-    ``times_us`` int64 ``[T, L]`` (any value at padding), ``mask`` bool ``[T, L]`` left-padded.
-    """
-    if times_us.shape != mask.shape or times_us.ndim != 2:
-        raise ValueError(f"times_us {times_us.shape} and mask {mask.shape}: expected the same [T, L] shape")
-    if not horizon_minutes > 1.0:
-        raise ValueError(f"horizon_minutes: must be > 1, got {horizon_minutes!r}")
-    out = np.where(mask, 1.0, 0.0).astype(np.float32)
-    if times_us.shape[1] > 1:
-        both = mask[:, 1:] & mask[:, :-1]
-        minutes = np.clip((times_us[:, 1:] - times_us[:, :-1]) / 60e6, 0.0, None)
-        g = np.clip(np.log1p(minutes) / np.log1p(horizon_minutes), 0.0, 1.0)
-        out[:, 1:] = np.where(both, g, out[:, 1:])
-    return out
 
 
 def report_windows(report_offsets: np.ndarray, known_at_us: np.ndarray, target_row: np.ndarray,
@@ -221,9 +201,6 @@ def encode_sequence_batch(batch: pa.RecordBatch | pa.Table, enc: Encoders,
     for j, c in enumerate(enc.relative_numerical, start=len(enc.numerical)):
         v = num[:, :, enc.numerical.index(c)]
         num[:, :, j] = np.where(mask, v - v[:, -1:], 0.0)   # the target (last slot) is always present
-    if enc.gap_feature and len(ts):
-        j = len(enc.numerical) + len(enc.relative_numerical)
-        num[:, :, j] = gap_feature(np.where(mask, ts[safe], 0), mask, enc.gap_horizon_minutes)
     dt = np.where(mask, (t_ts[:, None] - ts[safe]) / (US_PER_SECOND * enc.time_unit_seconds), 0.0) \
         .astype(np.float32) if len(ts) else np.zeros((t, length), np.float32)
     oids = np.asarray(flat_values(batch, "order_id").to_numpy(zero_copy_only=False), dtype=object)
@@ -315,7 +292,7 @@ class ModelBatch:
         return len(self.order_id)
 
 
-def _lens_to_mask(lens: np.ndarray, length: int) -> np.ndarray:
+def lens_to_mask(lens: np.ndarray, length: int) -> np.ndarray:
     """Left-padded mask: the last ``len + 1`` slots are real; len = -1 means nothing is there."""
     pos = np.arange(length)[None, :]
     return pos >= (length - 1 - lens[:, None])
@@ -352,11 +329,11 @@ def examples_to_batch(tbl: pa.Table | pa.RecordBatch, enc: Encoders) -> ModelBat
         c_cat=_reshape(tbl.column("c_cat"), (length, nc), np.int64),
         c_num=_reshape(tbl.column("c_num"), (length, nn), np.float32),
         c_dt=_reshape(tbl.column("c_dt"), (length,), np.float32),
-        c_mask=_lens_to_mask(c_len, length),
+        c_mask=lens_to_mask(c_len, length),
         k_cat=_reshape(tbl.column("k_cat"), (length, nc), np.int64),
         k_num=_reshape(tbl.column("k_num"), (length, nn), np.float32),
         k_dt=_reshape(tbl.column("k_dt"), (length,), np.float32),
-        k_mask=_lens_to_mask(k_len, length),
+        k_mask=lens_to_mask(k_len, length),
         eng=_reshape(tbl.column("eng"), (ne,), np.float32),
         label=label,
     )

@@ -106,28 +106,17 @@ class ModelConfig:
     moe_aux_weight: float = 0.01
     use_fm: bool = True
     num_bias: bool = True
-    time_bias: bool = False   # learnable per-head recency bias in the order attention (not in the seed)
-    # What the order attention reads out: the seed's learnable dummy token, or the target
-    # order's own token (its query asks "what in my history relates to me?"; not in the seed).
-    readout: Literal["dummy", "target"] = "dummy"
-    # K > 0: K learned soft counts over the past orders added to the order representation
-    # (softmax attention cannot count; not in the seed).  0 = off.
-    count_pool: int = 0
     # Numerical values as the seed's linear embeddings v * W_f + b_f, or as periodic ones
     # (ReLU(Linear(sin/cos of 16 learned frequencies)); not in the seed).
     num_embedding: Literal["linear", "periodic"] = "linear"
     # k >= 2: k independently initialised copies trained side by side, each on its own loss;
     # the output is the mean of their logits (tsa_lib/models/members.py; not in the seed).
     members: int = 1
-    # With members >= 2: each member weighs each training row by its own Poisson(1) draw
-    # (online bagging), so members also differ in the data they fit.
-    member_bagging: bool = False
     n_classes: int = 2
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_choice("model_type", self.model_type, MODEL_TYPES)
-        check_choice("readout", self.readout, ("dummy", "target"))
         check_choice("num_embedding", self.num_embedding, ("linear", "periodic"))
         _check_int("n_cat_features", self.n_cat_features, 1)
         _check_int("n_num_features", self.n_num_features, 1)
@@ -147,13 +136,10 @@ class ModelConfig:
         if not self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         for name in ("use_time", "use_position", "use_mlp", "use_moe", "use_fm", "num_bias",
-                     "time_bias", "grad_checkpointing", "member_bagging"):
+                     "grad_checkpointing"):
             _check_bool(name, getattr(self, name))
         _check_int("dim_mlp", self.dim_mlp, 1)
-        _check_int("count_pool", self.count_pool, 0)
         _check_int("members", self.members, 1)
-        if self.member_bagging and self.members < 2:
-            raise ConfigError(f"member_bagging: needs members >= 2, got members: {self.members}")
         _check_int("num_experts", self.num_experts, 1)
         _check_int("moe_top_k", self.moe_top_k, 1)
         if self.moe_top_k > self.num_experts:
@@ -179,8 +165,22 @@ class ModelConfig:
         return to_dict(self)
 
 
+# Experiment options that were removed (no measured gain), with the value that meant "off".
+# Configs stored before the removal (an artifact's model_config.json) still list them: at that
+# value the key is dropped; any other value needs the code that had the option.
+_REMOVED_KEYS: dict[str, Any] = {"time_bias": False, "readout": "dummy", "count_pool": 0, "member_bagging": False}
+
+
 def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     """Build a ``ModelConfig`` from plain data; unknown keys and bad values raise ``ConfigError``."""
+    if isinstance(data, Mapping) and any(k in data for k in _REMOVED_KEYS):
+        data = dict(data)
+        for key, off in _REMOVED_KEYS.items():
+            if key in data:
+                value = data.pop(key)
+                if type(value) is not type(off) or value != off:
+                    raise ConfigError(f"{key}: this option was removed (it measured no gain); a stored config "
+                                      f"may only hold {key}: {off!r}, got {value!r}")
     return from_dict(ModelConfig, data)
 
 

@@ -118,7 +118,7 @@ class FeatureAttentionLayer(nn.Module):
         b = tokens.shape[0]
         x = torch.cat([self.dummy_feature.to(tokens.dtype).expand(b, 1, -1), tokens], dim=1)
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        cls, weights, auxes = run_layer_stack(self.layer_stack_feature, x, None, need_weights, 0, ckpt)
+        cls, weights, auxes = run_layer_stack(self.layer_stack_feature, x, None, need_weights, ckpt)
         rep = self.final_norm(cls)
         if self.fm_norm is not None:
             rep = torch.cat([rep, self.fm_norm(compute_fm_parallel(tokens))], dim=-1)

@@ -292,7 +292,7 @@ class _AttentionBase(nn.Module):
         return self.ff(x), None
 
     def _attend(self, h: Tensor, key_padding_mask: Optional[Tensor], need_weights: bool,
-                query_index: Optional[int], key_bias: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                query_index: Optional[int]) -> tuple[Tensor, Optional[Tensor]]:
         b, s, d = h.shape
         nh, dh = self.num_heads, self.head_dim
         w, bias = self.in_proj.weight, self.in_proj.bias
@@ -306,9 +306,6 @@ class _AttentionBase(nn.Module):
             k, v = F.linear(h, w[d:], bias[d:]).view(b, s, 2, nh, dh).permute(2, 0, 3, 1, 4).unbind(0)
             s_q = 1
         mask4 = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
-        if key_bias is not None:   # [B, H, S] added to every query's scores; padded keys stay masked
-            bias4 = key_bias[:, :, None, :].to(q.dtype)
-            mask4 = bias4 if mask4 is None else bias4.masked_fill(~mask4, float("-inf"))
         p = self.dropout_p if self.training else 0.0
         if need_weights:
             out, weights = attention_with_weights(q, k, v, mask4, p)
@@ -336,12 +333,10 @@ class AttentionLayer(_AttentionBase):
     """
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None, need_weights: bool = False,
-                query_index: Optional[int] = None, key_bias: Optional[Tensor] = None
-                ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """``x`` ``[B, S, D]``; ``key_padding_mask`` ``[B, S]`` (True = real); ``key_bias``
-        ``[B, H, S]`` added to the attention scores of each key (optional) ->
+                query_index: Optional[int] = None) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """``x`` ``[B, S, D]``; ``key_padding_mask`` ``[B, S]`` (True = real) ->
         ``(out [B, S or 1, D], weights [B, S or 1, S] | None, aux | None)``."""
-        attn, weights = self._attend(x, key_padding_mask, need_weights, query_index, key_bias)
+        attn, weights = self._attend(x, key_padding_mask, need_weights, query_index)
         res, tok_mask = self._select(x, key_padding_mask, query_index)
         x = self.norm1(res + self.dropout(attn))
         y, aux = self._ff(x, tok_mask)
@@ -461,16 +456,13 @@ def run_layer_stack(
     x: Tensor,
     key_padding_mask: Optional[Tensor],
     need_weights: bool,
-    readout_index: int,
     checkpointing: bool,
-    key_bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, Optional[Tensor], list[Tensor]]:
-    """Run an attention stack and read token ``readout_index`` out of its last layer.
+    """Run an attention stack and read token 0 (the dummy/CLS token) out of its last layer.
 
-    The last layer computes that token only (``query_index``).  Returns
-    ``(readout [B, D], last-layer weights of the readout row [B, S] | None,
-    MoE aux losses)``.  ``key_bias`` (``[B, H, S]``, optional) is passed to every
-    layer (``AttentionLayer`` only).  With ``checkpointing`` each layer is recomputed in the
+    The last layer computes that token only (``query_index=0``).  Returns
+    ``(token 0's output [B, D], its last-layer attention weights [B, S] | None,
+    MoE aux losses)``.  With ``checkpointing`` each layer is recomputed in the
     backward pass (``torch.utils.checkpoint``, ``use_reentrant=False``).
     """
     auxes: list[Tensor] = []
@@ -478,14 +470,13 @@ def run_layer_stack(
     n = len(layers)
     for i, layer in enumerate(layers):
         last = i == n - 1
-        qi = readout_index if last else None
+        qi = 0 if last else None
         nw = need_weights and last
-        extra = (key_bias,) if key_bias is not None else ()
         if checkpointing:
             x, w_i, aux = torch.utils.checkpoint.checkpoint(
-                layer, x, key_padding_mask, nw, qi, *extra, use_reentrant=False)
+                layer, x, key_padding_mask, nw, qi, use_reentrant=False)
         else:
-            x, w_i, aux = layer(x, key_padding_mask, nw, qi, *extra)
+            x, w_i, aux = layer(x, key_padding_mask, nw, qi)
         if aux is not None:
             auxes.append(aux)
         if last and w_i is not None:

@@ -4,8 +4,8 @@ One training run of a TSA model lands on one of many equally good solutions, and
 on the quality bench the spread between runs is as large as the gap to the
 strongest peer (bench/quality/README.md).  Averaging the logits of a few
 independently trained copies removes most of that variance.  This module does it
-inside ONE model, so DDP, AMP, checkpoints, resume, the weight average, the
-artifact and the scoring job need nothing new:
+inside ONE model, so DDP, AMP, checkpoints, resume, the artifact and the
+scoring job need nothing new:
 
 - every member is a complete classifier of ``model_type``, built one after the
   other from the same RNG stream, so each starts from different weights, and
@@ -13,9 +13,6 @@ artifact and the scoring job need nothing new:
 - ``training_loss`` is the SUM of the members' own losses, so each member gets
   exactly the gradient it would get alone (the members never co-adapt to the
   average); ``clip_groups`` lets the trainer clip each member's gradient by itself;
-- with ``member_bagging`` each member also weighs each training row by its own
-  Poisson(1) draw (online bagging: a bootstrap of every batch per member), so the
-  members differ in the data they fit as well as in their initial weights;
 - the output is the mean of the members' logits (a geometric mean of their
   odds); the ensemble embedding is the members' embeddings side by side; the
   explanations (gate weights, attention) are the members' means.
@@ -49,7 +46,7 @@ class MemberAverage(nn.Module):
         if cfg.members < 2:
             raise ValueError(f"members: MemberAverage needs at least 2 members, got {cfg.members}")
         self.config = cfg
-        one = cfg.replace(members=1, member_bagging=False)
+        one = cfg.replace(members=1)
         self.members = nn.ModuleList(member_type(one) for _ in range(cfg.members))
         self.ensemble_dim = sum(int(m.ensemble_dim) for m in self.members)
         self.aux_loss: Tensor = torch.zeros(())
@@ -79,10 +76,6 @@ class MemberAverage(nn.Module):
         # per row w_y * ce; summed over rows / sum(w_y) it is F.cross_entropy's weighted mean
         per_row = torch.stack([F.cross_entropy(s.float(), labels, weight=weight, reduction="none")
                                for s in self.member_scores])                       # [members, B]
-        if self.config.member_bagging and self.training:
-            # online bagging: each member counts each row Poisson(1) times (its own bootstrap of
-            # the batch), normalised like the plain mean so the expected loss is unchanged
-            per_row = per_row * torch.poisson(torch.ones_like(per_row))
         return (per_row.sum(dim=1) / weight[labels].sum()).sum() + self.aux_loss
 
     def clip_groups(self) -> list[list[nn.Parameter]]:

@@ -12,14 +12,8 @@ Processing flow (seed design, "Order Attention Layer"):
    counted from the target order, which is always last: sequences are
    left-padded), and a learnable dummy token is put in front;
 4. a stack of post-norm temporal attention layers with the key padding mask
-   (the dummy is always a valid key, so no query row is ever fully masked) and,
-   with ``time_bias``, a learnable recency bias per head on every key's score;
-5. the dummy token's output of the last layer is the order representation (or, with
-   ``readout="target"``, the target order's own token: not in the seed design);
-6. with ``count_pool = K > 0`` (not in the seed design), K soft counts over the past orders'
-   tokens, ``c_k = sum_i sigmoid(w_k . h_i + b_k)``, are added to the representation as
-   ``Linear(log1p(c))``.  Softmax attention averages, so it cannot count ("three orders in
-   the last hour" and "one" look alike once normalised); a sum of per-order gates can.
+   (the dummy is always a valid key, so no query row is ever fully masked);
+5. the dummy token's output of the last layer is the order representation.
 
 Padded positions never influence a valid token: they are masked as keys,
 excluded from MoE routing, and everything else is per-token.
@@ -83,30 +77,12 @@ class OrderAttentionLayer(nn.Module):
         num_experts: int = 5,
         moe_top_k: int = 2,
         grad_checkpointing: bool = False,
-        time_bias: bool = False,
-        readout: str = "dummy",
-        count_pool: int = 0,
         num_embedding: str = "linear",
     ) -> None:
         super().__init__()
         if embedding.embedding_dim != dim_embed:
             raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {dim_embed}")
         self._shared = (embedding,)  # a reference, deliberately not a registered sub-module
-        if readout not in ("dummy", "target"):
-            raise ValueError(f"readout: must be 'dummy' or 'target', got {readout!r}")
-        self.readout = readout
-        if isinstance(count_pool, bool) or not isinstance(count_pool, int) or count_pool < 0:
-            raise ValueError(f"count_pool: must be an integer >= 0, got {count_pool!r}")
-        # Soft counts over the past orders (count_pool = K): K learned per-order conditions, each
-        # summed over the valid past orders, read into the representation through log1p.
-        self.count_gate = nn.Linear(dim_embed, count_pool) if count_pool else None
-        self.count_proj = nn.Linear(count_pool, dim_embed) if count_pool else None
-        # Recency bias per head (time_bias): score(key) += -slope_h * log1p(1440 * time_seq), i.e.
-        # log1p of the minutes before the target with time in days (the default time unit).
-        # Slopes start geometric from 1 (sharply recent) down to ~0 (no preference), so some
-        # heads look at "the last hour" and others at the whole window; all learnable.
-        self.time_slopes = nn.Parameter(torch.tensor([2.0 ** -i for i in range(num_heads)])) \
-            if time_bias else None
         self.n_cat_features = n_cat_features
         self.n_num_features = n_num_features
         self.seq_len = seq_len
@@ -160,23 +136,6 @@ class OrderAttentionLayer(nn.Module):
         else:
             x = self.order_tokens(x_cat, x_num, time_seq, emb_weight)
         key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
-        bias = None
-        if self.time_slopes is not None:   # the dummy counts as "now"; padding is masked anyway
-            minutes = torch.log1p(time_seq.float().clamp_min(0.0) * 1440.0)
-            minutes = torch.cat([minutes.new_zeros(minutes.shape[0], 1), minutes], dim=1)   # [B, 1 + L]
-            bias = -self.time_slopes[None, :, None] * minutes[:, None, :]                  # [B, H, 1 + L]
-        readout = 0
-        if self.readout == "target":   # the last slot; zero padded tokens so an empty row reads a fixed token
-            readout = x.shape[1] - 1
-            x = x * key_mask[:, :, None].to(x.dtype)
-        counts = None
-        if self.count_gate is not None:   # past orders only: padding and the target (last slot) excluded
-            past = mask.clone()
-            past[:, -1] = False
-            gates = torch.sigmoid(self.count_gate(x[:, 1:]))                      # [B, L, K]
-            counts = (gates * past[:, :, None].to(gates.dtype)).sum(dim=1)        # [B, K]
-        rep, weights, auxes = run_layer_stack(self.layer_stack, x, key_mask, need_weights, readout, ckpt, bias)
-        if counts is not None:
-            rep = rep + self.count_proj(torch.log1p(counts))
+        rep, weights, auxes = run_layer_stack(self.layer_stack, x, key_mask, need_weights, ckpt)
         attn = weights[:, 1:] if weights is not None else None
         return rep, attn, auxes

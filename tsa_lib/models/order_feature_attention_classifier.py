@@ -74,8 +74,7 @@ class TSAClassifierBase(nn.Module):
             cfg.dim_feedforward, cfg.n_layers_order, self.embedding, dropout=cfg.dropout,
             use_time=cfg.use_time, use_position=cfg.use_position, num_bias=cfg.num_bias,
             use_moe=cfg.use_moe, num_experts=cfg.num_experts, moe_top_k=cfg.moe_top_k,
-            grad_checkpointing=cfg.grad_checkpointing, time_bias=cfg.time_bias, readout=cfg.readout,
-            count_pool=cfg.count_pool, num_embedding=cfg.num_embedding,
+            grad_checkpointing=cfg.grad_checkpointing, num_embedding=cfg.num_embedding,
         )
 
     # ------------------------------------------------------------------ input checks (shapes only: no sync)

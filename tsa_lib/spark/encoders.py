@@ -19,20 +19,18 @@ log = logging.getLogger(__name__)
 
 
 def _scalers(df: "DataFrame", columns: tuple[str, ...], cfg: SuiteConfig) -> dict[str, Scaler]:
-    """Per column: optional log1p, the configured quantiles (finite values only) as clip bounds,
-    and with ``encoders.scaling: standard`` the mean and std of the clipped values."""
+    """Per column: optional log1p and the configured quantiles (finite values only) as clip bounds."""
     from pyspark.sql import functions as F
 
     if not columns:
         return {}
     e = cfg.encoders
-    exprs, values = [], {}
+    exprs = []
     for c in columns:
         v = F.col(c).cast("double")
         v = F.when(F.isnan(v) | v.isin(float("inf"), float("-inf")), None).otherwise(v)
         if c in e.log1p:
             v = F.log1p(F.greatest(v, F.lit(0.0)))
-        values[c] = v
         exprs.append(F.percentile_approx(v, [e.quantile_low, e.quantile_high], 10000).alias(c))
     row = df.agg(*exprs).first()
     bounds = {}
@@ -41,20 +39,7 @@ def _scalers(df: "DataFrame", columns: tuple[str, ...], cfg: SuiteConfig) -> dic
         bounds[c] = (float(q[0]), float(q[1])) if q and q[0] is not None else (0.0, 0.0)
         if q is None or q[0] is None:
             log.warning("column %s has no finite values in the fit window: it will encode as 0", c)
-    moments = {c: (0.0, 0.0) for c in columns}   # (mean, std); std 0 means min-max
-    if e.scaling == "standard":   # mean and std of the values as the encoder sees them: clipped
-        clipped = {c: F.least(F.greatest(values[c], F.lit(bounds[c][0])), F.lit(bounds[c][1])) for c in columns}
-        mrow = df.agg(*[F.avg(clipped[c]).alias(f"{c}__mean") for c in columns],
-                      *[F.stddev_pop(clipped[c]).alias(f"{c}__std") for c in columns]).first()
-        for c in columns:
-            mean, std = mrow[f"{c}__mean"], mrow[f"{c}__std"]
-            if mean is not None and std:   # a constant or empty column keeps min-max: it encodes as 0
-                moments[c] = (float(mean), float(std))
-    out = {}
-    for c in columns:
-        (lo, hi), (mean, std) = bounds[c], moments[c]
-        out[c] = Scaler(lo=lo, hi=hi, log1p=c in e.log1p, mean=mean, std=std)
-    return out
+    return {c: Scaler(lo=bounds[c][0], hi=bounds[c][1], log1p=c in e.log1p) for c in columns}
 
 
 def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: dt.date,
@@ -99,9 +84,8 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
         vocab=vocab, numeric_scalers=num, engineered_scalers=eng,
         max_len=cfg.sequences.max_len, max_history_days=cfg.sequences.max_history_days,
         time_unit_seconds=cfg.sequences.time_unit_seconds, numerical_default=cfg.quality.numerical_default,
-        relative=tuple(cols.relative), gap_feature=e.gap_feature,
-        relative_numerical=tuple(e.relative_numerical), feedback=cfg.labels.feedback,
-        feedback_reports=cfg.labels.feedback_reports,
+        relative=tuple(cols.relative), relative_numerical=tuple(e.relative_numerical),
+        feedback=cfg.labels.feedback, feedback_reports=cfg.labels.feedback_reports,
     )
     log.info("fit encoders on %d orders of %s..%s: vocab %s (total %d)", n, start, end,
              {c: len(v) for c, v in vocab.items()}, enc.vocab_size)

@@ -11,7 +11,6 @@ run resumed from any checkpoint takes exactly the steps of a run never stopped.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import hashlib
 import logging
@@ -226,46 +225,10 @@ def _autocast(tc: TrainConfig, d: Dist):  # type: ignore[no-untyped-def]
     return torch.autocast(device_type=d.device.type, dtype=dtype)
 
 
-class WeightAverage:
-    """Exponential moving average of a model's floating-point weights (``training.ema_decay``).
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates, so
-    the average is not dominated by the random initial weights.  ``model`` holds the
-    averaged weights (a copy of the trained model, never wrapped in DDP: every rank
-    applies the same all-reduced update, so the averages stay identical).
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay: must be in (0, 1), got {decay!r}")
-        self.decay = decay
-        self.updates = 0
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        self.updates += 1
-        avg = [p for p in self.model.state_dict().values() if p.is_floating_point()]
-        cur = [p.detach() for p in model.state_dict().values() if p.is_floating_point()]
-        torch._foreach_lerp_(avg, cur, 1.0 - d)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "model": self.model.state_dict()}
-
-    def load_state_dict(self, blob: dict[str, Any]) -> None:
-        self.updates = int(blob["updates"])
-        self.model.load_state_dict(blob["model"])
-
-
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                     scaler: Optional[torch.amp.GradScaler], st: State,
-                     ema: Optional[WeightAverage] = None) -> None:
+                     scaler: Optional[torch.amp.GradScaler], st: State) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
-        "ema": ema.state_dict() if ema is not None else {},
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
         "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step,
@@ -279,14 +242,9 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimi
 
 
 def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                     scaler: Optional[torch.amp.GradScaler], ema: Optional[WeightAverage] = None) -> State:
+                     scaler: Optional[torch.amp.GradScaler]) -> State:
     blob = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     model.load_state_dict(blob["model"])
-    if ema is not None:
-        if not blob.get("ema"):
-            raise DataError(f"--resume: checkpoint {str(path)!r} has no weight average, but training.ema_decay "
-                            f"is {ema.decay}")
-        ema.load_state_dict(blob["ema"])
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     if scaler is not None and blob["scaler"]:
@@ -341,14 +299,13 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc, total))
     scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" else None
-    ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
     ckpt = plan.run_dir / "checkpoints" / "last.pt"
     best_path = plan.run_dir / "checkpoints" / "best.pt"
     st = State()
     if resume:
         if not ckpt.is_file():
             raise DataError(f"--resume: no checkpoint at {str(ckpt)!r}")
-        st = _load_checkpoint(ckpt, model, opt, sched, scaler, ema)
+        st = _load_checkpoint(ckpt, model, opt, sched, scaler)
         if d.main:
             log.info("resumed from %s at epoch %d step %d", ckpt, st.epoch, st.step)
     elif d.main and ckpt.exists():
@@ -378,8 +335,6 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
                 scaler.update()
             else:
                 opt.step()
-            if ema is not None:
-                ema.update(model)
             if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step()
             st.step += 1
@@ -394,10 +349,10 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
                 log.info("epoch %d step %d/%d loss %.4f  %.0f samples/s  eta %.0fs", st.epoch, st.step,
                          steps_per_epoch, loss_sum / n_loss, rate, left * tc.batch_size * d.world / max(rate, 1e-9))
             if st.global_step % tc.checkpoint_every_steps == 0 and st.step < steps_per_epoch and d.main:
-                _save_checkpoint(ckpt, model, opt, sched, scaler, st, ema)
+                _save_checkpoint(ckpt, model, opt, sched, scaler, st)
         train_time = time.perf_counter() - tick
         train_loss = _all_sum(loss_sum, d) / max(1.0, _all_sum(float(n_loss), d))
-        m = evaluate(ema.model if ema is not None else run_model, valid_data, mcfg.model_type, tc, d, weight)
+        m = evaluate(run_model, valid_data, mcfg.model_type, tc, d, weight)
         m.update(epoch=float(st.epoch), train_loss=train_loss,
                  train_samples_per_s=seen / max(train_time, 1e-9), lr=opt.param_groups[0]["lr"])
         st.history.append(m)
@@ -409,7 +364,7 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
             st.best_metric, st.best_epoch, st.bad_epochs = metric, st.epoch, 0
             if d.main:
                 best_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save((ema.model if ema is not None else model).state_dict(), best_path)
+                torch.save(model.state_dict(), best_path)
         else:
             st.bad_epochs += 1
             st.done = st.bad_epochs > tc.patience
@@ -420,7 +375,7 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
         st.epoch += 1
         st.step = 0
         if d.main:
-            _save_checkpoint(ckpt, model, opt, sched, scaler, st, ema)
+            _save_checkpoint(ckpt, model, opt, sched, scaler, st)
         if d.world > 1:
             dist.barrier()
         if os.environ.get(STOP_AFTER_EPOCH_ENV) == str(st.epoch):
@@ -434,10 +389,6 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
     final_digest = digests[0]
     if best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
-    elif ema is not None:
-        model.load_state_dict(ema.model.state_dict())
-        log.warning("no epoch improved %s (metric undefined?): the artifact holds the last averaged weights",
-                    tc.early_stopping_metric)
     else:
         log.warning("no epoch improved %s (metric undefined?): the artifact holds the last weights",
                     tc.early_stopping_metric)
