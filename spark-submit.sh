@@ -19,7 +19,9 @@
 # databricks  builds the wheel and prints (and with TSA_DATABRICKS_SUBMIT=1 submits through the
 #             `databricks` CLI) a one-time run: spark_python_task + the wheel as a library +
 #             an idempotency token derived from the job, its arguments and the config's hash.
-#             TSA_DBFS_ROOT (default dbfs:/FileStore/tsa) is where the wheel, job and config go.
+#             TSA_DATABRICKS_ROOT (default /Volumes/main/fraud/tsa, a Unity Catalog volume) is where
+#             the wheel, job and config go; a legacy dbfs:/ root works too.  The nightly schedule
+#             itself is the bundle in databricks.yml.
 # --dry-run   print the exact command (or the run JSON) instead of running it.
 set -euo pipefail
 
@@ -154,12 +156,13 @@ case "$TARGET" in
     ;;
   databricks)
     WHEEL="$(build_wheel)"
-    ROOT_DBFS="${TSA_DBFS_ROOT:-dbfs:/FileStore/tsa}"
-    JSON="$(TSA_JOB="$JOB" TSA_CONFIG="$CONFIG" TSA_WHEEL="$WHEEL" TSA_DBFS="$ROOT_DBFS" "$PY" - "${ARGS[@]}" <<'PYEOF'
+    ROOT_DB="${TSA_DATABRICKS_ROOT:-/Volumes/main/fraud/tsa}"
+    JSON="$(TSA_JOB="$JOB" TSA_CONFIG="$CONFIG" TSA_WHEEL="$WHEEL" TSA_DBFS="$ROOT_DB" "$PY" - "${ARGS[@]}" <<'PYEOF'
 import hashlib, json, os, sys
 job, config, wheel, dbfs = (os.environ[k] for k in ("TSA_JOB", "TSA_CONFIG", "TSA_WHEEL", "TSA_DBFS"))
 args = sys.argv[1:]
 conf_remote = f"{dbfs}/conf/{os.path.basename(config)}"
+# a volume path is read as is; a legacy dbfs:/ path through the /dbfs fuse mount
 params = [conf_remote.replace("dbfs:/", "/dbfs/") if a == config else a for a in args]
 token = hashlib.sha256(json.dumps([os.path.basename(job), params, open(config, "rb").read().hex()]).encode()).hexdigest()[:32]
 run = {
@@ -179,9 +182,10 @@ PYEOF
       echo "$JSON"
       [[ $DRY -eq 1 ]] || echo "(set TSA_DATABRICKS_SUBMIT=1 to upload with 'databricks fs cp' and submit with 'databricks jobs submit')" >&2
     else
-      databricks fs cp --overwrite "$WHEEL" "$ROOT_DBFS/wheels/$(basename "$WHEEL")"
-      databricks fs cp --overwrite "$JOB" "$ROOT_DBFS/jobs/$(basename "$JOB")"
-      databricks fs cp --overwrite "$CONFIG" "$ROOT_DBFS/conf/$(basename "$CONFIG")"
+      DEST="$ROOT_DB"; [[ "$DEST" == dbfs:/* ]] || DEST="dbfs:$ROOT_DB"   # the CLI names volumes dbfs:/Volumes/...
+      databricks fs cp --overwrite "$WHEEL" "$DEST/wheels/$(basename "$WHEEL")"
+      databricks fs cp --overwrite "$JOB" "$DEST/jobs/$(basename "$JOB")"
+      databricks fs cp --overwrite "$CONFIG" "$DEST/conf/$(basename "$CONFIG")"
       databricks jobs submit --json "$JSON"
     fi
     ;;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,8 +45,9 @@ def test_dag_with_airflow() -> None:
     assert "torchrun" in dag.get_task("train").bash_command
 
 
-def _dry(*args: str) -> str:
-    r = subprocess.run([SUBMIT, "--dry-run", *args], capture_output=True, text=True, timeout=120)
+def _dry(*args: str, env: dict[str, str] | None = None) -> str:
+    r = subprocess.run([SUBMIT, "--dry-run", *args], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -60,9 +63,76 @@ def test_spark_submit_cluster_dry_runs() -> None:
     assert "--master yarn --deploy-mode cluster --py-files" in emr and "--files conf/emr.yaml" in emr
     assert "--config emr.yaml --run-date 2026-02-25" in emr
     db = _dry("--target", "databricks", "jobs/score.py", "--config", "conf/databricks.yaml", "--run-date", "2026-02-25")
-    assert '"idempotency_token"' in db and "/dbfs/FileStore/tsa/conf/databricks.yaml" in db
+    run = json.loads(db)["tasks"][0]      # Unity Catalog volume paths by default
+    assert run["spark_python_task"]["python_file"] == "/Volumes/main/fraud/tsa/jobs/score.py"
+    assert run["spark_python_task"]["parameters"][:2] == ["--config", "/Volumes/main/fraud/tsa/conf/databricks.yaml"]
+    assert run["libraries"][0]["whl"].startswith("/Volumes/main/fraud/tsa/wheels/tsa_lib-")
     again = _dry("--target", "databricks", "jobs/score.py", "--config", "conf/databricks.yaml", "--run-date", "2026-02-25")
-    assert again == db  # same job + args + config -> same token
+    assert again == db and '"idempotency_token"' in db   # same job + args + config -> same token
+    legacy = _dry("--target", "databricks", "jobs/score.py", "--config", "conf/databricks.yaml", "--run-date",
+                  "2026-02-25", env={"TSA_DATABRICKS_ROOT": "dbfs:/FileStore/tsa"})
+    assert "/dbfs/FileStore/tsa/conf/databricks.yaml" in legacy
+
+
+def test_databricks_bundle_is_the_plan() -> None:
+    """databricks.yml is what the generator renders from the plan, and every task's file, wheel,
+    parameters and cluster exist: no workspace needed."""
+    import yaml
+
+    from tsa_lib.orchestration.bundle import render
+
+    text = (PROJECT_ROOT / "databricks.yml").read_text()
+    assert text == render(), "databricks.yml is stale: python -m tsa_lib.orchestration.bundle > databricks.yml"
+    b = yaml.safe_load(text)
+    jobs = b["resources"]["jobs"]
+    plan_ids = [t.task_id for t in plan("x")]
+    training_ids = [t.task_id for t in plan("x") if t.training]
+    assert [t["task_key"] for t in jobs["tsa_training"]["tasks"]] == plan_ids
+    assert [t["task_key"] for t in jobs["tsa_nightly"]["tasks"]] == [t for t in plan_ids if t not in training_ids]
+    nightly = {t["task_key"]: t for t in jobs["tsa_nightly"]["tasks"]}
+    assert nightly["score"]["depends_on"] == [{"task_key": "build_sequences"}]     # no gate without training
+    # the two schedules cover each night once: training after Sunday (the default training weekday)
+    days = [j["schedule"]["quartz_cron_expression"].split()[-1].split(",") for j in jobs.values()]
+    assert sorted(days[0] + days[1]) == sorted(["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"])
+    assert jobs["tsa_training"]["schedule"]["quartz_cron_expression"] == "0 0 3 ? * MON"
+    clusters = {c["job_cluster_key"] for j in jobs.values() for c in j["job_clusters"]}
+    for job in jobs.values():
+        assert job["parameters"] == [{"name": "run_date", "default": "yesterday"}]
+        for t in job["tasks"]:
+            task = t["spark_python_task"]
+            assert (PROJECT_ROOT / task["python_file"]).is_file(), task["python_file"]
+            params = task["parameters"]
+            assert params[params.index("--config") + 1] == "${var.config}"
+            assert "{{job.parameters.run_date}}" in params
+            assert t["libraries"] == [{"whl": "./dist/*.whl"}] and t["job_cluster_key"] in clusters
+            for up in t.get("depends_on", []):
+                assert up["task_key"] in [x["task_key"] for x in job["tasks"]]
+    train = {t["task_key"]: t for t in jobs["tsa_training"]["tasks"]}["train"]
+    assert train["job_cluster_key"] == "gpu" and train["spark_python_task"]["python_file"] == "./jobs/torchrun.py"
+    assert b["variables"]["config"]["default"] == "${workspace.file_path}/conf/databricks.yaml"
+    assert (PROJECT_ROOT / "conf" / "databricks.yaml").is_file()
+    assert b["artifacts"]["tsa_lib"]["type"] == "whl" and (PROJECT_ROOT / "setup.py").is_file()
+
+
+def test_torchrun_launcher_and_yesterday() -> None:
+    import datetime as dt
+    import importlib.util
+
+    from tsa_lib.cli import parse_date
+    from tsa_lib.errors import UserError
+
+    spec = importlib.util.spec_from_file_location("torchrun_job", PROJECT_ROOT / "jobs" / "torchrun.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    args = mod.torchrun_args("4", ["--config", "c.yaml", "--run-date", "yesterday"])
+    assert args[:5] == ["--standalone", "--nnodes", "1", "--nproc-per-node", "4"]
+    assert args[5].endswith("jobs/train.py") and args[6:] == ["--config", "c.yaml", "--run-date", "yesterday"]
+    assert mod.torchrun_args("auto", [])[4].isdigit()
+    with pytest.raises(UserError, match=r"--nproc-per-node: '0' is not a positive integer or 'auto'"):
+        mod.torchrun_args("0", [])
+    assert parse_date("--run-date", "yesterday", today=dt.date(2026, 3, 2)) == dt.date(2026, 3, 1)
+    with pytest.raises(UserError, match=r"--run-date: '2026-13-01' is not a YYYY-MM-DD date \(or 'yesterday'\)"):
+        parse_date("--run-date", "2026-13-01")
 
 
 @pytest.mark.parametrize("args, words", [

@@ -36,12 +36,15 @@ class RunContext:
                 "dates": [d.isoformat() for d in self.dates], "started_at": self.started_at.isoformat(), **extra}
 
 
-def parse_date(key: str, value: str) -> dt.date:
-    """Parse YYYY-MM-DD; the error names the argument and the value."""
+def parse_date(key: str, value: str, today: Optional[dt.date] = None) -> dt.date:
+    """Parse YYYY-MM-DD, or ``yesterday`` (the UTC day before ``today``, default now: what a
+    scheduler that starts after midnight runs for); the error names the argument and the value."""
+    if value == "yesterday":
+        return (today or dt.datetime.now(dt.timezone.utc).date()) - dt.timedelta(days=1)
     try:
         return dt.date.fromisoformat(value)
     except (TypeError, ValueError) as e:
-        raise UserError(f"{key}: {value!r} is not a YYYY-MM-DD date") from e
+        raise UserError(f"{key}: {value!r} is not a YYYY-MM-DD date (or 'yesterday')") from e
 
 
 def date_range(run_date: Optional[str], start_date: Optional[str], end_date: Optional[str]) -> tuple[dt.date, ...]:

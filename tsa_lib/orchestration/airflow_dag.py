@@ -133,16 +133,17 @@ def _operator(variant: str, t: TaskSpec) -> Any:
     if variant == "databricks":
         from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
 
-        dbfs = os.environ.get("TSA_DBFS_ROOT", "dbfs:/FileStore/tsa")
-        params = [a.replace(CONFIG, f"/dbfs/{dbfs[6:]}/conf/{os.path.basename(CONFIG)}") for a in t.args]
+        root = os.environ.get("TSA_DATABRICKS_ROOT", "/Volumes/main/fraud/tsa")   # or a legacy dbfs:/ root
+        conf_remote = f"{root}/conf/{os.path.basename(CONFIG)}".replace("dbfs:/", "/dbfs/")
+        params = [a.replace(CONFIG, conf_remote) for a in t.args]
         return DatabricksSubmitRunOperator(
             task_id=t.task_id,
             json={"run_name": f"tsa-{t.task_id}-{{{{ ds }}}}",
                   # same (task, logical date) -> same token: a retry never starts a second run
                   "idempotency_token": f"tsa-{t.task_id}-" + "{{ ds_nodash }}",
                   "tasks": [{"task_key": t.task_id,
-                             "spark_python_task": {"python_file": f"{dbfs}/{t.job}", "parameters": params},
-                             "libraries": [{"whl": f"{dbfs}/wheels/tsa_lib-0.1.0-py3-none-any.whl"}],
+                             "spark_python_task": {"python_file": f"{root}/{t.job}", "parameters": params},
+                             "libraries": [{"whl": f"{root}/wheels/tsa_lib-0.1.0-py3-none-any.whl"}],
                              "existing_cluster_id": os.environ.get("TSA_DATABRICKS_CLUSTER_ID", "")}]},
         )
     from airflow.providers.amazon.aws.operators.emr import EmrAddStepsOperator
