@@ -159,6 +159,36 @@ def test_daily_cap_quarantines_excess(spark, warehouse: Path, example: SuiteConf
     assert all(r.raw and '"_order_id":' in r.raw and '"amount":' in r.raw for r in raws)   # the row, as read
 
 
+def test_the_built_shape_is_recorded_and_enforced(spark, example: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
+    """The sequences tables record max_len and feedback_reports; a build of another shape into
+    them, or encoders cutting longer windows than the rows hold, is an error naming both."""
+    import dataclasses
+
+    from tsa_lib.errors import DataError
+    from tsa_lib.features.encoders import Encoders, Scaler
+    from tsa_lib.spark.delta_io import table_properties
+    from tsa_lib.spark.examples import encoded_sequences
+
+    run_build_sequences(spark, example, _ctx(D3))
+    path = example.storage.table_path("sequences_customer")
+    props = table_properties(spark, path)
+    assert (props["tsa.sequences.max_len"], props["tsa.sequences.feedback_reports"]) == ("3", "0")
+    longer = dataclasses.replace(example, sequences=dataclasses.replace(example.sequences, max_len=5))
+    with pytest.raises(DataError, match=r"was built with max_len=3; this config has max_len=5: rebuild"):
+        run_build_sequences(spark, longer, _ctx(D3, run_id="r-longer"))
+    assert {r.run_id for r in spark.read.format("delta").load(path).collect()} != {"r-longer"}
+
+    def enc(max_len: int) -> Encoders:
+        return Encoders(version="e", config_hash="x", window_start="2026-01-01", window_end="2026-01-02",
+                        categorical=("mcc",), numerical=("amount",), engineered=(), vocab={"mcc": ("fuel",)},
+                        numeric_scalers={"amount": Scaler(0.0, 1.0)}, engineered_scalers={}, max_len=max_len,
+                        max_history_days=30.0)
+
+    encoded_sequences(spark, example, enc(3), [D3], "customer")          # the built length: fine
+    with pytest.raises(DataError, match=r"was built with max_len=3 but the encoders e cut windows of 5"):
+        encoded_sequences(spark, example, enc(5), [D3], "customer")
+
+
 def test_bad_arguments(spark, example: SuiteConfig) -> None:  # type: ignore[no-untyped-def]
     clean = check_quality(spark.createDataFrame(ROWS, _schema()), COLS, QualityConfig()).clean
     with pytest.raises(ValueError, match="entity: 'merchant'"):

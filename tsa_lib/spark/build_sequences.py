@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.errors import DataError, InternalError, UserError
-from tsa_lib.spark.delta_io import ensure_table, replace_partitions
+from tsa_lib.spark.delta_io import ensure_table, replace_partitions, set_table_properties, table_properties
 from tsa_lib.spark.inputs import read_transactions
-from tsa_lib.spark.quality import DS, EPOCH_UNITS, KID, RECORD_ONLY_REASONS, check_quality, event_time_column, implausible, \
-    plausible_range
-from tsa_lib.spark.sequences import ENTITY_KEY, SEQUENCE_STATS_COLUMNS, build_sequences, read_window, \
-    sequence_schema
+from tsa_lib.spark.quality import DS, EPOCH_UNITS, KID, RECORD_ONLY_REASONS, check_quality, event_time_column, \
+    implausible, plausible_range
+from tsa_lib.spark.sequences import BUILT_MAX_LEN, BUILT_REPORTS, ENTITY_KEY, SEQUENCE_STATS_COLUMNS, \
+    build_sequences, built_shape, read_window, sequence_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -166,12 +166,13 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
             res = build_sequences(clean, dates, entity, cols, seq, ctx.run_id,  # type: ignore[arg-type]
                                   feedback=cfg.labels.feedback, reports=cfg.labels.feedback_reports)
             path = cfg.storage.table_path(table, PROJECT_ROOT)
-            ensure_table(spark, path, sequence_schema(cols, cfg.labels.feedback, cfg.labels.feedback_reports > 0), cfg.storage.qualified(table),
+            ensure_table(spark, path, sequence_schema(cols, cfg.labels.feedback, cfg.labels.feedback_reports > 0),
+                         cfg.storage.qualified(table),
                          comment=f"TSA {entity} sequences: context + targets per ({entity}, ds)",
                          stats_columns=SEQUENCE_STATS_COLUMNS)
-            # Backfills: one file per date.  Writing straight from the entity partitions instead
-            # (up to shuffle partitions x dates files) measured no faster on 1.9M orders
-            # (42.6 / 53.7 s against 48.0 / 45.9 s: bench/results/sequences_profile.jsonl).
+            check_built_shape(spark, path, seq.max_len, cfg.labels.feedback_reports)
+            # Backfills: one file per date (writing straight from the entity partitions makes up
+            # to shuffle partitions x dates files and is not faster: bench/bench_sequences.py).
             rows = res.rows.repartition(DS) if len(dates) > 1 else res.rows
             replace_partitions(rows, path, dates, ctx.metadata(cfg.hash, entity=entity))
             agg = (spark.read.format("delta").load(path).filter(F.col(DS).isin(dates))
@@ -187,11 +188,29 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
                     res.capped.withColumn(DS, F.to_date("event_time")).withColumn("job", F.lit(JOB))
                     .withColumn("stage", F.lit(table)).withColumn("run_id", F.lit(ctx.run_id)))
         write_quarantine(spark, cfg, ctx, all_rejected, JOB)
+        for table in ("sequences_customer", "sequences_card"):
+            set_table_properties(spark, cfg.storage.table_path(table, PROJECT_ROOT),
+                                 built_shape(seq.max_len, cfg.labels.feedback_reports))
     finally:
         clean.unpersist()
         rejected.unpersist()
     reconcile(s)
     return s
+
+
+def check_built_shape(spark: "SparkSession", path: str, max_len: int, reports: int) -> None:
+    """A sequences table holds rows of one shape: a build with another ``sequences.max_len`` or
+    ``labels.feedback_reports`` than the table records is refused before anything is written."""
+    props = table_properties(spark, path)
+    built = {k: props[k] for k in (BUILT_MAX_LEN, BUILT_REPORTS) if k in props}
+    want = built_shape(max_len, reports)
+    diff = {k: (v, want[k]) for k, v in built.items() if v != want[k]}
+    if diff:
+        raise DataError(f"sequences table at {path!r} was built with "
+                        + ", ".join(f"{k.rsplit('.', 1)[1]}={v}" for k, (v, _) in diff.items())
+                        + "; this config has " + ", ".join(f"{k.rsplit('.', 1)[1]}={w}" for k, (_, w) in diff.items())
+                        + ": rebuild every date into a new table (storage.database or warehouse), or keep the "
+                          "built shape; nothing written")
 
 
 def _skip_reported_undatable(spark: "SparkSession", cfg: SuiteConfig, rejected: "DataFrame",

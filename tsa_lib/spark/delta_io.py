@@ -90,6 +90,22 @@ def ensure_table(
         register_table(spark, qualified_name, path)
 
 
+def table_properties(spark: "SparkSession", path: str) -> dict[str, str]:
+    """The Delta table properties (TBLPROPERTIES) of the table at ``path``."""
+    from delta.tables import DeltaTable
+
+    return dict(DeltaTable.forPath(spark, path).detail().select("properties").first()[0] or {})
+
+
+def set_table_properties(spark: "SparkSession", path: str, props: dict[str, str]) -> None:
+    """Set TBLPROPERTIES on the Delta table at ``path`` (one commit), unless they already hold."""
+    current = table_properties(spark, path)
+    todo = {k: v for k, v in props.items() if current.get(k) != v}
+    if todo:
+        kv = ", ".join(f"'{_sql_str(k)}' = '{_sql_str(v)}'" for k, v in sorted(todo.items()))
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({kv})")
+
+
 def register_table(spark: "SparkSession", qualified_name: str, path: str) -> None:
     """Make ``qualified_name`` (db.table) point at the Delta folder ``path`` in the session catalog."""
     db, _, _table = qualified_name.rpartition(".")

@@ -22,9 +22,10 @@ from tsa_lib.config import PROJECT_ROOT, SuiteConfig
 from tsa_lib.errors import DataError, InternalError, UserError
 from tsa_lib.features.encoders import Encoders
 from tsa_lib.features.tensorize import encode_engineered, encode_sequence_batch, seq_tensors_to_arrow
-from tsa_lib.spark.delta_io import ensure_table, replace_partitions
+from tsa_lib.spark.delta_io import ensure_table, replace_partitions, table_properties
 from tsa_lib.spark.inputs import read_engineered
 from tsa_lib.spark.labels import read_labels
+from tsa_lib.spark.sequences import BUILT_MAX_LEN, BUILT_REPORTS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -84,6 +85,12 @@ def encoded_sequences(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, da
     missing = [c for c in need if c not in seq.columns]
     if missing:
         raise DataError(f"sequences_{entity} at {path!r} lacks column(s) {missing} the encoders need")
+    props = table_properties(spark, path)
+    for key, used in ((BUILT_MAX_LEN, enc.max_len), (BUILT_REPORTS, enc.feedback_reports)):
+        if key in props and used > int(props[key]):
+            raise DataError(f"sequences_{entity} at {path!r} was built with {key.rsplit('.', 1)[1]}="
+                            f"{props[key]} but the encoders {enc.version} cut windows of {used}: rebuild the "
+                            f"sequences with the encoders' settings, or refit the encoders")
 
     def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:

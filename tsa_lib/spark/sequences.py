@@ -21,19 +21,11 @@ Entities are hashed into ``sequences.build_groups`` groups; Spark groups the
 orders by that hash (``groupBy().applyInArrow``) and numpy sorts each group by
 (entity, time, order id) and cuts its rows (``tsa_lib.features.sequence_rows``).
 Grouping is a logical guarantee: every order of an entity reaches the same call.
-The previous version relied on a physical one (``repartition(entity)`` then
-``sortWithinPartitions`` and ``mapInArrow``), and Spark 4.2 with adaptive execution
-broke it: the job's orders come from a cached DataFrame through a semi-join with
-the active entities; Spark planned that join as a sort-merge join, took the
-repartition as already satisfied by the join's shuffle, then turned the join into
-a broadcast join at run time and read that shuffle with a *local* reader.  One
-entity's orders were spread over several partitions and each piece was built as
-if it were the whole history (on the 20k-customer quality bench, 59% of the
-examples missed past orders).  ``tests/test_sequences.py`` forces that plan and
-checks every window against a brute-force build.
-A first version with Spark higher-order functions over ``collect_list`` arrays
-had not finished the customer sequences of 2M orders after 3 minutes (on a
-loaded machine) and was dropped.  Labels enter this table only with ``labels.feedback``:
+A physical guarantee (``repartition(entity)`` then ``sortWithinPartitions``) does not
+hold under adaptive execution: when a semi-join feeding it turns into a broadcast join
+at run time, the shuffle is read with a *local* reader and one entity's orders land in
+several partitions.  ``tests/test_sequences.py`` forces that plan and checks every
+window against a brute-force build.  Labels enter this table only with ``labels.feedback``:
 each element's label and the time it became known, as facts; which of them a target may
 see (known strictly before its own time, never its own) is decided when a window is cut
 (``tsa_lib.features.tensorize``).  With ``labels.feedback_reports`` a row also carries the
@@ -72,6 +64,13 @@ class SequenceResult:
 
 # Delta file statistics only where a query can skip files (the arrays never can).
 SEQUENCE_STATS_COLUMNS = ("entity_id", "n_context", "n_targets", "run_id")
+# Table properties recording the shape the rows were built with: windows longer than the
+# context a row holds, or more label reports than it carries, cannot be cut from it.
+BUILT_MAX_LEN, BUILT_REPORTS = "tsa.sequences.max_len", "tsa.sequences.feedback_reports"
+
+
+def built_shape(max_len: int, reports: int) -> dict[str, str]:
+    return {BUILT_MAX_LEN: str(max_len), BUILT_REPORTS: str(reports)}
 
 
 def sequence_schema(cols: ColumnsConfig, feedback: bool = False, reports: bool = False) -> "StructType":
