@@ -2,7 +2,7 @@
 
 ``load_config(path)`` parses the file, rejects unknown keys, checks every value
 and returns frozen dataclasses.  Errors are ``ConfigError`` naming the dotted
-key and the value received.  The data contract of DESIGN.md section 3 lives in
+key and the value received.  The data contract lives in
 ``InputConfig`` (where the user's tables are) and ``ColumnsConfig`` (which of
 their columns play which role), so pointing the suite at other tables needs no
 code change.

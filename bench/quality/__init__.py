@@ -1,1 +1,1 @@
-"""Model-quality benchmarks: the LightGBM peers the TSA model is compared with (issue 9)."""
+"""Model-quality benchmarks: the LightGBM peers the TSA model is compared with (bench/quality/README.md)."""

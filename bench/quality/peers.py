@@ -1,4 +1,4 @@
-"""LightGBM peers for the TSA model (issue 9), on the generator's data, pure pandas/numpy.
+"""LightGBM peers for the TSA model, on the generator's data, pure pandas/numpy.
 
 Two peers, trained on the earliest days, early-stopped on a validation window
 after them, scored once on the latest days (the test window is never used for

@@ -1,13 +1,13 @@
-"""Recall at 1% FPR by position inside each fraud episode (diagnosis for issue 9).
+"""Recall at 1% FPR by position inside each fraud episode.
 
 Which orders of an episode does a model catch: the first order of an account takeover
 (a long silence, then a new device), or only the later ones, once the pattern has
 repeated?  Reads a ``run_tsa.py`` work folder: the raw transactions, the TSA scores
-tables named on the command line, and the peers' test scores (``peers_scores.parquet``).
-An episode's orders are one customer's orders of that scenario, in time order.
+tables named on the command line (``tsa_q_<model>_e<epochs><tag>``), and the peers' test
+scores (``peers_scores.parquet``).  An episode's orders are one customer's orders of that
+scenario, in time order.
 
-    PYTHONPATH=. .venv/bin/python -m bench.quality.positions --work-dir /tmp/tsa-quality \\
-        tsa_q_two_seq_e8_final tsa_q_two_seq_e8_relcty_relamt
+    PYTHONPATH=. .venv/bin/python -m bench.quality.positions --work-dir /tmp/tsa-quality tsa_q_two_seq_e8
 """
 
 from __future__ import annotations

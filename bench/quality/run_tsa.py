@@ -1,4 +1,4 @@
-"""TSA vs the LightGBM peers (issue 9): the suite's REAL jobs train and score, ``peers.py`` evaluates.
+"""TSA vs the LightGBM peers: the suite's REAL jobs train and score, ``peers.py`` evaluates.
 
 Runs, in a work folder (default /tmp/tsa-quality, never the project's warehouse/):
 
@@ -21,18 +21,19 @@ Runs, in a work folder (default /tmp/tsa-quality, never the project's warehouse/
 Nothing here tunes on the test window: the trainer early-stops on the validation window (the
 peers' validation days), and the test days are scored once per trained model.
 
-Run (17 minutes on the 2-core dev box with 4 and 8 epochs, both models, while tests ran)::
+Run (on 2 CPU cores, tens of minutes: every model type and epoch count is one training run)::
 
     PYTHONPATH=. nice -n 10 .venv/bin/python -m bench.quality.run_tsa --epochs 4,8 \\
         --out bench/results/quality_tsa_vs_peers.json
 
-Ablation (diagnosis only, not a tuned result): the same run without ``device_id`` in the
-model's categorical columns, reusing the work folder's input and sequences and the peers above::
+Ablation (diagnosis only, not a tuned result): the same run without one of the model's
+categorical columns (here ``entry_mode``), reusing the work folder's input and sequences and
+the peers above::
 
     PYTHONPATH=. nice -n 10 .venv/bin/python -m bench.quality.run_tsa --start-at fit_encoders \\
-        --drop-categorical device_id --tag _nodev --models two_seq --epochs 4,8 \\
+        --drop-categorical entry_mode --tag _noentry --models two_seq --epochs 8 \\
         --peers-from bench/results/quality_tsa_vs_peers.json \\
-        --out bench/results/quality_tsa_ablation_no_device_id.json
+        --out /tmp/quality_tsa_no_entry_mode.json
 """
 
 from __future__ import annotations

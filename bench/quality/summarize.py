@@ -1,4 +1,4 @@
-"""Print one markdown row per TSA run of ``run_tsa.py`` result files (the experiment log).
+"""Print one markdown row per TSA run of ``run_tsa.py`` result files (rows for docs/experiment-log.md).
 
 Run:  PYTHONPATH=. .venv/bin/python -m bench.quality.summarize bench/results/quality_tsa_*.json
 """
