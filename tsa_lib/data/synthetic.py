@@ -43,7 +43,7 @@ are added at ``dirty_rate`` so the quarantine path is exercised.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -109,16 +109,67 @@ class _Builder:
         return {k: np.concatenate([p[k] for p in self.parts]) for k in keys}
 
 
+@dataclass
+class _World:
+    """What the scenarios share: the population, the order pieces built so far, the fraud ids."""
+
+    cfg: GeneratorConfig
+    rng: np.random.Generator
+    start: int                      # epoch seconds of the first day
+    span: int                       # seconds in the window
+    home: np.ndarray
+    spend: np.ndarray
+    activity: np.ndarray
+    device: np.ndarray
+    opened: np.ndarray
+    is_new: np.ndarray
+    mcc_pref: np.ndarray
+    n_cards: np.ndarray
+    card_owner: np.ndarray
+    card_issued: np.ndarray
+    card_first: np.ndarray
+    shared_cards: np.ndarray
+    shared_user: np.ndarray
+    b: _Builder = field(default_factory=_Builder)
+    life_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    next_cust: int = 0              # fraudster accounts get fresh customer ids from here
+    fraud_accounts_opened: list[np.ndarray] = field(default_factory=list)
+    per_scenario: float = 0.0       # fraud orders wanted per fraud scenario
+
+    @property
+    def n_c(self) -> int:
+        return len(self.home)
+
+    @property
+    def n_k(self) -> int:
+        return len(self.card_owner)
+
+    @property
+    def window_lo(self) -> int:
+        return self.start + 7 * 86400   # leave a week of history before any fraud
+
+
 def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
-    """Generate the synthetic transactions and engineered features for ``cfg``."""
+    """Generate the synthetic transactions and engineered features for ``cfg``: the population,
+    ordinary orders, legitimate look-alikes, one function per fraud scenario, then the columns."""
     if not 0.0 <= dirty_rate < 0.1:
         raise UserError(f"dirty_rate: must be in [0, 0.1), got {dirty_rate!r}")
-    rng = np.random.default_rng(cfg.seed)
+    w = _population(cfg, np.random.default_rng(cfg.seed))
+    _legit_orders(w)
+    _lookalikes(w)
+    n_legit = sum(len(p["ts"]) for p in w.b.parts)
+    w.per_scenario = cfg.fraud_rate * n_legit / (1 - cfg.fraud_rate) / 4.0
+    w.next_cust = w.n_c
+    for scenario in (_card_testing, _account_takeover, _stolen_card_new_account, _velocity_ramp):
+        scenario(w)
+    return _assemble(w, dirty_rate)
+
+
+def _population(cfg: GeneratorConfig, rng: np.random.Generator) -> _World:
+    """Customers (home country, spend, activity, device, account age) and their cards."""
     start = pd.Timestamp(cfg.start_date, tz="UTC").value // 10**9  # epoch seconds
     span = cfg.n_days * 86400
     n_c = cfg.n_customers
-
-    # ---- population -------------------------------------------------------
     home = rng.choice(len(COUNTRIES), n_c, p=HOME_P)
     spend = np.exp(rng.normal(3.4, 0.6, n_c))  # typical order amount per customer
     activity = rng.gamma(2.0, cfg.orders_per_customer_per_day / 2.0, n_c)
@@ -138,9 +189,18 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     shared_cards = rng.choice(n_k, max(1, int(0.03 * n_k)), replace=False)
     shared_user = rng.integers(0, n_c, len(shared_cards))
 
-    b = _Builder()
+    return _World(cfg=cfg, rng=rng, start=start, span=span, home=home, spend=spend, activity=activity,
+                  device=device, opened=opened, is_new=is_new, mcc_pref=mcc_pref, n_cards=n_cards,
+                  card_owner=card_owner, card_issued=card_issued, card_first=card_first,
+                  shared_cards=shared_cards, shared_user=shared_user)
 
-    # ---- ordinary legitimate orders ---------------------------------------
+
+def _legit_orders(w: _World) -> None:
+    """Ordinary legitimate orders, family cards shared by two customers, new accounts' first orders."""
+    rng, start, span, b = w.rng, w.start, w.span, w.b
+    opened, activity, n_c, card_first, n_cards = w.opened, w.activity, w.n_c, w.card_first, w.n_cards
+    shared_user, shared_cards, mcc_pref, home, device = w.shared_user, w.shared_cards, w.mcc_pref, w.home, w.device
+    spend, is_new = w.spend, w.is_new
     life_start = np.maximum(opened, start)
     life = (start + span - life_start) / 86400.0
     counts = rng.poisson(activity * life)
@@ -167,6 +227,13 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     b.add(ts=ts, cust=cust, card=card, mcc=mcc, country=country, dev=dev, amount=amount, scen=scen,
           label=np.zeros(n, np.int8))
 
+    w.life_start = life_start
+
+
+def _lookalikes(w: _World) -> None:
+    """Legitimate orders that look like fraud: travel, a new device for good, bursts of small charges."""
+    rng, start, span, b, n_c = w.rng, w.start, w.span, w.b, w.n_c
+    life_start, card_first, n_cards, home = w.life_start, w.card_first, w.n_cards, w.home
     # ---- legitimate look-alikes ---------------------------------------------
     # travel: 3% of customers spend 3-10 days abroad; orders in that window move country
     parts = b.parts[0]
@@ -200,14 +267,12 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
           amount=np.round(rng.uniform(0.8, 6.0, nb), 2), scen=np.full(nb, "legit_burst", dtype=object),
           label=np.zeros(nb, np.int8))
 
-    # ---- fraud --------------------------------------------------------------
-    n_legit = sum(len(p["ts"]) for p in b.parts)
-    target = cfg.fraud_rate * n_legit / (1 - cfg.fraud_rate)
-    per_scenario = target / 4.0
-    next_cust = n_c  # fraudster accounts get fresh customer ids
-    fraud_accounts_opened: list[np.ndarray] = []
-    window_lo = start + 7 * 86400  # leave a week of history before any fraud
 
+
+def _card_testing(w: _World) -> None:
+    rng, start, span, b, n_k, window_lo = w.rng, w.start, w.span, w.b, w.n_k, w.window_lo
+    per_scenario, card_owner, home, next_cust = w.per_scenario, w.card_owner, w.home, w.next_cust
+    fraud_accounts_opened = w.fraud_accounts_opened
     # card testing: 3-8 tiny charges 1-10 minutes apart, then 1-3 large ones, on one card
     n_ep = max(1, int(round(per_scenario / 7.5)))
     kcard = rng.integers(0, n_k, n_ep)
@@ -231,6 +296,12 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
           dev=np.array([f"x{e}" for e in ep], dtype=object), amount=amt,
           scen=np.full(len(ep), "card_testing", dtype=object), label=np.ones(len(ep), np.int8))
 
+    w.next_cust = next_cust
+
+
+def _account_takeover(w: _World) -> None:
+    rng, start, span, b, n_c, window_lo, cfg = w.rng, w.start, w.span, w.b, w.n_c, w.window_lo, w.cfg
+    per_scenario, is_new, card_first, n_cards, spend = w.per_scenario, w.is_new, w.card_first, w.n_cards, w.spend
     # account takeover: silence of 20+ days, then 2-5 orders from a new device and country
     n_ep = max(1, int(round(per_scenario / 3.5)))
     victims = rng.choice(np.flatnonzero(~is_new), n_ep, replace=False)
@@ -258,6 +329,12 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
           amount=np.round(spend[victims[ep]] * rng.uniform(1.5, 6, len(ep)), 2),
           scen=np.full(len(ep), "account_takeover", dtype=object), label=np.ones(len(ep), np.int8))
 
+
+
+def _stolen_card_new_account(w: _World) -> None:
+    rng, start, span, b, window_lo = w.rng, w.start, w.span, w.b, w.window_lo
+    per_scenario, is_new, card_owner, home, spend = w.per_scenario, w.is_new, w.card_owner, w.home, w.spend
+    next_cust, fraud_accounts_opened = w.next_cust, w.fraud_accounts_opened
     # stolen card from a fresh account: a victim's card with history, a brand-new customer id
     n_ep = max(1, int(round(per_scenario / 3.0)))
     kcard = rng.choice(np.flatnonzero(~is_new[card_owner]), n_ep)  # established cards, with a history
@@ -274,6 +351,12 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
           amount=np.round(spend[card_owner[kcard[ep]]] * rng.uniform(2, 6, len(ep)), 2),
           scen=np.full(len(ep), "stolen_card_new_account", dtype=object), label=np.ones(len(ep), np.int8))
 
+    w.next_cust = next_cust
+
+
+def _velocity_ramp(w: _World) -> None:
+    rng, start, span, b, n_c, window_lo = w.rng, w.start, w.span, w.b, w.n_c, w.window_lo
+    per_scenario, card_first, n_cards, home, spend = w.per_scenario, w.card_first, w.n_cards, w.home, w.spend
     # velocity ramp: 4-8 orders, each gap halves and each amount grows by half
     n_ep = max(1, int(round(per_scenario / 6.0)))
     victims = rng.choice(n_c, n_ep, replace=False)
@@ -289,7 +372,12 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
           amount=np.round(spend[victims[ep]] * 1.5 ** pos * rng.uniform(0.9, 1.1, len(ep)), 2),
           scen=np.full(len(ep), "velocity_ramp", dtype=object), label=np.ones(len(ep), np.int8))
 
-    # ---- assemble -------------------------------------------------------------
+
+
+def _assemble(w: _World, dirty_rate: float) -> Generated:
+    """All pieces in time order, as the transactions and order_features tables (+ dirty rows)."""
+    rng, start, span, b, cfg, n_c = w.rng, w.start, w.span, w.b, w.cfg, w.n_c
+    opened, card_issued, next_cust, fraud_accounts_opened = w.opened, w.card_issued, w.next_cust, w.fraud_accounts_opened
     f = b.frame()
     order = np.lexsort((f["cust"], f["ts"]))
     f = {k: v[order] for k, v in f.items()}
@@ -343,7 +431,6 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     log.info("generated %d orders (%d customers, fraud rate %.4f)", len(tx), next_cust,
              float(tx["is_fraud"].mean()))
     return Generated(transactions=tx.reset_index(drop=True), order_features=feats)
-
 
 def _add_dirty_rows(rng: np.random.Generator, tx: pd.DataFrame, rate: float) -> pd.DataFrame:
     """Corrupt a few rows the ways real feeds do; each kind gets its own ``scenario`` tag."""
