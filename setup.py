@@ -23,6 +23,7 @@ setup(
         "torch>=2.4",  # loose: the GPU nodes' preinstalled torch (2.11) satisfies it
         "safetensors>=0.4",
         "matplotlib>=3.8",  # the evaluation report's plots
+        "mlflow-skinny>=3.1,<4",  # tracking and registry (tsa_lib.tracking); a file store needs MLFLOW_ALLOW_FILE_STORE
     ],
     extras_require={
         "spark": SPARK,

@@ -88,6 +88,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _encoders().save(root / "artifacts" / "encoders")
     base = yaml.safe_load((PROJECT_ROOT / "conf" / "local.yaml").read_text())
     base["storage"] = {"warehouse": str(wh), "database": "traintest", "artifacts": str(root / "artifacts")}
+    base["tracking"] = {"mlflow": True, "mlflow_uri": str(root / "mlruns")}   # tracked from torchrun's rank 0
     base["columns"].update(categorical=["mcc", "channel"], numerical=["amount"], engineered=["age"])
     base["quality"] = {}
     base["encoders"] = {}

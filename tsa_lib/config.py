@@ -64,6 +64,7 @@ __all__ = [
     "ScoringConfig",
     "EvaluationConfig",
     "GeneratorConfig",
+    "TrackingConfig",
     "SuiteConfig",
     "load_config",
     "config_hash",
@@ -497,6 +498,48 @@ class GeneratorConfig:
         check_positive("generator.compromised_merchants", self.compromised_merchants, allow_zero=True)
 
 
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking and registry for the training job (``tsa_lib.tracking``), off unless ``mlflow: true``.
+
+    ``mlflow_uri``: a relative path is a local file store under the project root (like other
+    relative paths here), an absolute path a file store there; anything else is an MLflow URI
+    (``databricks``, ``databricks://PROFILE``, ``http(s)://...``, ``file:/...``).
+    ``registered_model``: the registry name (default: ``training.model_name``; on Unity Catalog
+    ``catalog.schema.model``).  ``on_unreachable``: what a tracking URI that cannot be reached
+    at the start of training does: ``warn`` (train without tracking) or ``fail`` (before training).
+    """
+
+    mlflow: bool = False
+    mlflow_uri: str = "mlruns"
+    experiment: str = "tsa"
+    registered_model: Optional[str] = None
+    on_unreachable: Literal["warn", "fail"] = "warn"
+
+    def __post_init__(self) -> None:
+        if not self.mlflow_uri.strip() or self.mlflow_uri != self.mlflow_uri.strip():
+            raise ConfigError(f"tracking.mlflow_uri: must be a non-empty path or MLflow URI without surrounding "
+                              f"blanks, got {self.mlflow_uri!r}")
+        if not self.experiment.strip():
+            raise ConfigError(f"tracking.experiment: must be non-empty, got {self.experiment!r}")
+        if self.registered_model is not None and not _REGISTERED_MODEL.match(self.registered_model):
+            raise ConfigError(f"tracking.registered_model: {self.registered_model!r} is not a model name (letters, "
+                              f"digits, _ and -, dot-separated parts such as catalog.schema.model)")
+
+    def mlflow_uri_resolved(self, root: Path = PROJECT_ROOT) -> str:
+        """The tracking URI: a path (relative ones from ``root``) as a ``file:`` URI, else as given."""
+        u = self.mlflow_uri
+        if ":" in u or u in ("databricks", "databricks-uc"):
+            return u
+        return (Path(u) if os.path.isabs(u) else root / u).resolve().as_uri()
+
+    def model_name(self, training: "TrainConfig") -> str:
+        return self.registered_model or training.model_name
+
+
+_REGISTERED_MODEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_][A-Za-z0-9_\-]*){0,2}$")
+
+
 def _check_date(key: str, value: str) -> str:
     import datetime as _dt
 
@@ -524,6 +567,7 @@ class SuiteConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if self.labels.feedback and (self.columns.label is None or

@@ -123,6 +123,8 @@ def write_base_config(work: Path, seed: int, n_customers: int, n_days: int, date
     data["columns"]["categorical"] = [c for c in data["columns"]["categorical"] if c not in drop_categorical]
     data["storage"]["warehouse"] = str(work / "warehouse")
     data["storage"]["artifacts"] = str(work / "artifacts")
+    if (data.get("tracking") or {}).get("mlflow"):
+        data["tracking"]["mlflow_uri"] = str(work / "mlruns")
     data["input"] = {"transactions": {"path": str(work / "warehouse" / "raw" / "transactions"), "format": "delta"},
                      "order_features": {"path": str(work / "warehouse" / "raw" / "order_features"),
                                         "format": "delta"}}

@@ -198,6 +198,8 @@ def write_replay_config(opts: Options) -> tuple[Path, SuiteConfig]:
     raw["input"] = {name: {"path": str(wh / "raw" / name), "format": "delta"}
                     for name in ("transactions", "order_features")}
     raw["spark"] = {**(raw.get("spark") or {}), "target": "cluster"}
+    if (raw.get("tracking") or {}).get("mlflow"):
+        raw["tracking"] = {**raw["tracking"], "mlflow_uri": str(opts.workdir / "mlruns")}
     raw["generator"] = {**(raw.get("generator") or {}), "n_customers": opts.customers,
                         "start_date": first.isoformat(), "n_days": (opts.start - first).days + opts.nights}
     path = opts.workdir / "replay.yaml"

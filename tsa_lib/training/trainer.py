@@ -34,6 +34,7 @@ from tsa_lib.models.factory import build_model
 from tsa_lib.training.artifact import code_commit, model_config_for, new_model_version, save_artifact
 from tsa_lib.schedule import TrainingWindows, training_windows
 from tsa_lib.training.data import DataError, TensorData, model_inputs, read_examples, table_version
+from tsa_lib.tracking import TrainingRun, start_training_run
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,20 @@ def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimi
 
 
 def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optional[Path]:
-    """Run training; returns the artifact folder on rank 0 (None elsewhere)."""
+    """Run training; returns the artifact folder on rank 0 (None elsewhere).  With ``tracking.mlflow``
+    rank 0 logs the run to MLflow (``tsa_lib.tracking``; an unusable URI with ``on_unreachable: fail``
+    raises here, before any data is read)."""
     d = d or init_distributed()
+    run = start_training_run(plan) if d.main else None
+    try:
+        return _train(plan, resume, d, run)
+    except BaseException:
+        if run is not None:
+            run.close(failed=True)
+        raise
+
+
+def _train(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Optional[Path]:
     tc, mcfg = plan.tc, plan.model_cfg
     version = _broadcast(plan.tc.examples_version if plan.tc.examples_version is not None
                          else table_version(plan.examples_path), d)
@@ -372,6 +385,8 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
             log.info("epoch %d: train loss %.4f, valid loss %.4f, AUC %.4f, AP %.4f, recall@1%%FPR %.4f%s",
                      st.epoch, train_loss, m["valid_loss"], m["roc_auc"], m["average_precision"],
                      m["recall_at_1pct_fpr"], " (best)" if improved else "")
+            if run is not None:
+                run.log_epoch(st.epoch, m)
         st.epoch += 1
         st.step = 0
         if d.main:
@@ -407,8 +422,11 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
                  "labels_as_of": as_of.isoformat() if as_of else None, **counts},
         "encoders_version": plan.enc.version, "suite_config": to_dict(plan.cfg), "config_hash": plan.cfg.hash,
     }
-    folder = plan.cfg.storage.artifacts_path(f"models/{tc.model_name}") / version_name
-    return save_artifact(folder, model, mcfg, plan.enc, metrics, manifest)
+    folder = save_artifact(plan.cfg.storage.artifacts_path(f"models/{tc.model_name}") / version_name, model, mcfg,
+                           plan.enc, metrics, manifest)
+    if run is not None:
+        run.finish(folder, manifest, metrics)     # never raises: an MLflow failure is a warning
+    return folder
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
