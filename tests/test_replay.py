@@ -30,6 +30,7 @@ def _config(tmp_path: Path) -> Path:
     raw["promotion"]["min_value"] = 0.0
     raw["sequences"]["max_len"] = 8
     raw["generator"]["fraud_rate"] = 0.05   # enough known fraud in a 4-day validation window of 600 customers
+    raw["tracking"] = {"mlflow": False}     # tests/test_tracking.py covers MLflow; here it only costs time
     path = tmp_path / "replay-test.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
