@@ -296,10 +296,11 @@ def test_order_features_repeats_and_gaps_are_recorded(spark, featcfg: SuiteConfi
     from tsa_lib.spark.build_sequences import run_build_sequences
     from tsa_lib.spark.encoders import fit_encoders
     from tsa_lib.spark.examples import run_build_examples
+    from tsa_lib.spark.inputs import orphan_feature_rows
 
     wh = Path(featcfg.storage.warehouse) / "of"
-    feats = spark.createDataFrame([(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 7.0), (5, 9.0), (6, 2.0), (8, 3.0)],
-                                  "oid long, age double")
+    feats = spark.createDataFrame([(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 7.0), (5, 9.0), (6, 2.0), (8, 3.0),
+                                   (99, 1.0)], "oid long, age double")     # 99: no such transaction
     feats.write.format("delta").mode("overwrite").save(str(wh / "order_features"))
     cfg = dataclasses.replace(
         featcfg, input=dataclasses.replace(featcfg.input, order_features=TableSource(path=str(wh / "order_features"))),
@@ -309,6 +310,7 @@ def test_order_features_repeats_and_gaps_are_recorded(spark, featcfg: SuiteConfi
     enc = fit_encoders(spark, cfg, D1, D2)
     s = run_build_examples(spark, cfg, ctx, enc)
     assert (s.targets, s.examples, s.quarantined, s.without_features) == (4, 4, 0, 1)
+    assert orphan_feature_rows(spark, cfg) == 1 and orphan_feature_rows(spark, featcfg) == 0
     q = spark.read.format("delta").load(cfg.storage.table_path("quarantine")).filter(F.col("job") == "build_examples")
     rows = [(r.order_id, r.reason, r.detail) for r in q.collect()]
     assert rows == [("5", "duplicate_order_features",

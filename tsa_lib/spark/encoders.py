@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional
 from tsa_lib.config import SuiteConfig
 from tsa_lib.errors import DataError, UserError
 from tsa_lib.features.encoders import Encoders, Scaler, new_version
-from tsa_lib.spark.inputs import read_engineered, read_transactions
+from tsa_lib.spark.inputs import orphan_feature_rows, read_engineered, read_transactions
 from tsa_lib.spark.quality import OID, check_quality
 
 if TYPE_CHECKING:
@@ -89,4 +89,8 @@ def fit_encoders(spark: "SparkSession", cfg: SuiteConfig, start: dt.date, end: d
     )
     log.info("fit encoders on %d orders of %s..%s: vocab %s (total %d)", n, start, end,
              {c: len(v) for c, v in vocab.items()}, enc.vocab_size)
+    orphans = orphan_feature_rows(spark, cfg)
+    if orphans:
+        log.warning("input.order_features holds %d row(s) whose order id is in no transaction: no job uses them "
+                    "(a changed id format would also leave orders without engineered features)", orphans)
     return enc

@@ -82,6 +82,22 @@ def read_engineered(spark: "SparkSession", cfg: SuiteConfig,
     return Engineered(rows=numbered.filter("_rn = 1").drop("_rn", "_copies"), repeats=repeats)
 
 
+def orphan_feature_rows(spark: "SparkSession", cfg: SuiteConfig) -> int:
+    """Rows of ``input.order_features`` whose order id is in no transaction (0 without that table).
+
+    They belong to no run date and no job reads them, so nothing else would notice them; a
+    feed whose ids stopped matching (a type or format change) shows here and in the nightly
+    count of targets without an engineered row.  One pass over the two id columns."""
+    from pyspark.sql import functions as F
+
+    if cfg.input.order_features is None:
+        return 0
+    oid = cfg.columns.order_id
+    feats = read_source(spark, cfg.input.order_features).select(F.col(oid).cast("string").alias("_oid"))
+    tx = read_source(spark, cfg.input.transactions).select(F.col(oid).cast("string").alias("_oid"))
+    return feats.join(tx, "_oid", "left_anti").count()
+
+
 def _check_files(src: TableSource, kinds: dict[str, str], where: str, cfg: SuiteConfig) -> None:
     """File-by-file schema check of a local Parquet input (``tsa_lib.spark.schema_check``)."""
     path = src.resolved_path(PROJECT_ROOT)
