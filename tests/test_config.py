@@ -24,14 +24,14 @@ def _local() -> dict[str, Any]:
     return yaml.safe_load((CONF / "local.yaml").read_text())
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml", "emr.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "merchant.yaml", "databricks.yaml", "emr.yaml"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(CONF / name)
     assert isinstance(cfg, SuiteConfig)
     assert cfg.columns.order_id and cfg.columns.categorical
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml", "emr.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "merchant.yaml", "databricks.yaml", "emr.yaml"])
 def test_shipped_configs_plan_training_and_scoring(name: str) -> None:
     """Each shipped config plans a training night and a scoring night: windows from the run date,
     a shipped model preset, artifacts outside the package, the DAG's commands."""
