@@ -125,11 +125,15 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
     card = encoded_sequences(spark, cfg, enc, dates, "card", with_history_ids).drop("event_time")
 
     eng_cols = list(enc.engineered)
-    # target order ids straight from the sequence rows (no second pass through the encoder)
+    # target order ids and times straight from the sequence rows: what needs no window (the
+    # engineered rows, the quarantine rows, the counts) never runs the window encoder again
     seq_path = cfg.storage.table_path("sequences_customer", PROJECT_ROOT)
-    target_ids = (spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(list(dates)))
-                  .select(F.explode(F.slice("order_id", F.col("n_context") + 1, F.col("n_targets"))).alias("order_id")))
-    engineered = read_engineered(spark, cfg, target_ids)
+    targets = (spark.read.format("delta").load(seq_path).filter(F.col("ds").isin(list(dates)))
+               .select(F.explode(F.arrays_zip(
+                   F.slice("order_id", F.col("n_context") + 1, F.col("n_targets")).alias("order_id"),
+                   F.slice("event_time", F.col("n_context") + 1, F.col("n_targets")).alias("event_time"))).alias("t"))
+               .select("t.order_id", "t.event_time"))
+    engineered = read_engineered(spark, cfg, targets.select("order_id"))
     eng_raw = engineered.rows
     bad = F.lit(None).cast("string")
     for c in reversed(eng_cols):
@@ -163,11 +167,11 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
     joined = joined.join(labels, ["order_id", "event_time"], "left") if labels is not None \
         else joined.withColumn("label", F.lit(None).cast("int"))
     where = "input.order_features" if cfg.input.order_features else "input.transactions"
-    repeats = engineered.repeats.join(cust.select("order_id", "event_time"), "order_id").select(
+    repeats = engineered.repeats.join(targets, "order_id").select(
         "order_id", "event_time", F.lit("duplicate_order_features").alias("reason"),
         F.concat(F.lit(f"{where} has "), F.col("copies").cast("string"),
                  F.lit(" rows for this order; kept one chosen by a hash of its values")).alias("detail"), "raw")
-    rejected = joined.filter(F.col("_bad").isNotNull()).select(
+    rejected = targets.join(eng_raw.filter(F.col("_bad").isNotNull()), "order_id").select(
         "order_id", "event_time", F.lit("non_finite").alias("reason"),
         F.concat(F.lit("engineered "), F.col("_bad")).alias("detail"), F.lit(None).cast("string").alias("raw")
     ).unionByName(repeats)
@@ -185,8 +189,8 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
         F.lit(at).cast("timestamp").alias("labels_as_of"),
         F.lit(enc.version).alias("encoder_version"), F.lit(run_id).alias("run_id"),
         F.to_date("event_time").alias("ds"), *hist)
-    without = joined.filter(F.col("eng").isNull()).select("order_id") if eng_cols else \
-        joined.limit(0).select("order_id")
+    without = targets.select("order_id").join(eng_raw, "order_id", "left_anti") if eng_cols else \
+        targets.select("order_id").limit(0)
     return ExamplesFrame(examples=examples, rejected=rejected, without_features=without, labels=known)
 
 
