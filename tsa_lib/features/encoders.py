@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tsa_lib.errors import EncoderError
+from tsa_lib.features.sequence_rows import REPORT_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,7 @@ class Encoders:
         return ("entity_id", "n_context", "n_targets", "order_id", "event_time", *self.categorical,
                 *(c for c in self.relative if c not in self.categorical), *self.numerical,
                 *(("label", "label_known_at") if self.feedback else ()),
-                *(("report_order_id", "report_time", "report_label", "report_known_at")
-                  if self.feedback_reports else ()))
+                *(REPORT_COLUMNS if self.feedback_reports else ()))
 
     # ---- apply --------------------------------------------------------------------------------------
     def encode_categorical(self, col: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -65,10 +65,8 @@ def output_schema(spec: RowSpec, input_schema: pa.Schema) -> pa.Schema:
         pa.field("order_id", pa.list_(pa.string()), nullable=False),
         pa.field("event_time", pa.list_(input_schema.field(spec.ts).type), nullable=False),
         *[pa.field(c, pa.list_(input_schema.field(c).type), nullable=False) for c in spec.features],
-        *([pa.field("report_order_id", pa.list_(pa.string()), nullable=False),
-           pa.field("report_time", pa.list_(input_schema.field(spec.ts).type), nullable=False),
-           pa.field("report_label", pa.list_(pa.int32()), nullable=False),
-           pa.field("report_known_at", pa.list_(input_schema.field(spec.known_at).type), nullable=False)]
+        *([pa.field(name, pa.list_(typ), nullable=False) for name, typ in zip(REPORT_COLUMNS, (
+            pa.string(), input_schema.field(spec.ts).type, pa.int32(), input_schema.field(spec.known_at).type))]
           if spec.reports else []),
         pa.field("ds", pa.date32(), nullable=False),
     ])
@@ -108,8 +106,7 @@ def _report_take(tbl: pa.Table, spec: RowSpec, ent_id: np.ndarray, ts: np.ndarra
     tgt = np.repeat(starts, n_tgt) + (np.arange(n_tgt.sum()) - np.repeat(np.cumsum(n_tgt) - n_tgt, n_tgt))
     t_ent = ent_id[tgt]
     hi = count_before(r_ent, r_kat, t_ent, ts[tgt])
-    first = count_before(r_ent, r_kat, t_ent, np.full(len(tgt), np.iinfo(np.int64).min))
-    lo = np.maximum(first, hi - spec.reports)
+    lo = np.maximum(np.searchsorted(r_ent, t_ent, side="left"), hi - spec.reports)   # not before the entity's first
     # union over a row's targets: targets are in time order, so hi never decreases within a row
     prev_hi = np.concatenate([[0], hi[:-1]])
     new_row = np.concatenate([[True], t_row[1:] != t_row[:-1]]) if len(t_row) else np.zeros(0, bool)
@@ -191,8 +188,8 @@ def build_rows(tbl: pa.Table, spec: RowSpec) -> pa.Table:
             values = tbl.column(col).combine_chunks().take(rt)
             return pa.ListArray.from_arrays(ro, values if typ is None else pc.cast(values, typ))
 
-        cols.update({"report_order_id": rep(spec.order_id, pa.string()), "report_time": rep(spec.ts),
-                     "report_label": rep(spec.label, pa.int32()), "report_known_at": rep(spec.known_at)})
+        cols.update(zip(REPORT_COLUMNS, (rep(spec.order_id, pa.string()), rep(spec.ts), rep(spec.label, pa.int32()),
+                                         rep(spec.known_at))))
     cols["ds"] = pa.array(day[starts].astype("datetime64[D]"), type=pa.date32())
     return pa.Table.from_pydict(cols, schema=schema)
 

@@ -128,22 +128,19 @@ def _add_reports(batch: pa.RecordBatch | pa.Table, enc: Encoders, target_row: np
         out[:, k:] = a
         return out
 
+    # the report slots land on padding: every input but the feedback token stays padding / 0
     cat, num, dt, mask = widen(cat, PAD), widen(num, 0.0), widen(dt, 0.0), widen(mask, False)
+    hist_ids = None if hist_ids is None else widen(hist_ids, "")
     if len(kat):
         lab = pc.fill_null(flat_values(batch, "report_label"), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         r_us = pc.cast(flat_values(batch, "report_time"), pa.timestamp("us")).cast(pa.int64()).to_numpy(
             zero_copy_only=False)
-        cat[rows, cols, :] = PAD
         cat[rows, cols, -1] = enc.feedback_offset + len(FEEDBACK_TOKENS) + (lab[safe] > 0)[have]
-        num[rows, cols, :] = 0.0
         dt[rows, cols] = ((target_us[:, None] - r_us[safe]) / (US_PER_SECOND * enc.time_unit_seconds))[have]
         mask[rows, cols] = True
         if hist_ids is not None:
-            hist_ids = widen(hist_ids, "")
             ids = np.asarray(flat_values(batch, "report_order_id").to_numpy(zero_copy_only=False), dtype=object)
             hist_ids[rows, cols] = ids[safe][have]
-    elif hist_ids is not None:
-        hist_ids = widen(hist_ids, "")
     return cat, num, dt, mask, (hist_len + have.sum(axis=1)).astype(hist_len.dtype), hist_ids
 
 

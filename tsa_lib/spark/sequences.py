@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Literal, Sequence
 import pyarrow as pa
 
 from tsa_lib.config import ColumnsConfig, SequenceConfig
-from tsa_lib.features.sequence_rows import RowSpec, build_rows, days_since_epoch, sort_for_build
+from tsa_lib.features.sequence_rows import REPORT_COLUMNS, RowSpec, build_rows, days_since_epoch, \
+    sort_for_build
 from tsa_lib.spark.quality import CID, DS, KID, LABEL, LABEL_KNOWN_AT, OID, TS
 
 if TYPE_CHECKING:
@@ -90,10 +91,8 @@ def sequence_schema(cols: ColumnsConfig, feedback: bool = False, reports: bool =
         *[StructField(c, ArrayType(DoubleType(), True), False) for c in cols.numerical],
         *([StructField(LABEL, ArrayType(IntegerType(), True), False),
            StructField(LABEL_KNOWN_AT, ArrayType(TimestampType(), True), False)] if feedback else []),
-        *([StructField("report_order_id", ArrayType(StringType(), True), False),
-           StructField("report_time", ArrayType(TimestampType(), True), False),
-           StructField("report_label", ArrayType(IntegerType(), True), False),
-           StructField("report_known_at", ArrayType(TimestampType(), True), False)] if reports else []),
+        *([StructField(name, ArrayType(typ, True), False) for name, typ in zip(
+            REPORT_COLUMNS, (StringType(), TimestampType(), IntegerType(), TimestampType()))] if reports else []),
         StructField("run_id", StringType(), False),
         StructField("ds", DateType(), False),
     ]
