@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from tsa_lib.cli import RunContext, fmt_dates
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig
@@ -36,6 +36,9 @@ class ReconciliationError(InternalError):
 
 class EmptyRunDateError(DataError):
     """A run date has no input orders at all (a late or broken feed, unless the business says so)."""
+
+
+SEEN = "_seen_earlier"   # on quarantine candidates: an undatable row recorded by an earlier run date
 
 
 class EventTimeUnitError(DataError):
@@ -135,24 +138,30 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
     dated = ts.isNotNull() & ~implausible(ts, cfg.quality, now)
     rejected = (checked.rejected.withColumn(DS, F.coalesce(F.to_date("event_time"), F.lit(last)))
                 .filter(F.col(DS).isin(dates)))
-    rejected, seen = _skip_reported_undatable(spark, cfg, rejected, dates)
-    rejected = (rejected.withColumn("job", F.lit(JOB)).withColumn("stage", F.lit("input"))
-                .withColumn("run_id", F.lit(ctx.run_id)))
+    marked = (_mark_reported_undatable(spark, cfg, rejected, dates)
+              .withColumn("job", F.lit(JOB)).withColumn("stage", F.lit("input"))
+              .withColumn("run_id", F.lit(ctx.run_id)).persist(StorageLevel.MEMORY_AND_DISK))
+    rejected = marked.filter(~F.col(SEEN)).drop(SEEN)
     clean = checked.clean.persist(StorageLevel.MEMORY_AND_DISK)
-    rejected = rejected.persist(StorageLevel.MEMORY_AND_DISK)
     s = BuildSummary(dates=tuple(dates))
     try:
-        per_day = {(r["d"], r["dated"]): int(r["n"]) for r in raw.select(
-            F.when(dated, F.to_date(ts)).otherwise(F.lit(last)).alias("d"), dated.alias("dated"))
-            .filter(F.col("d").isin(dates)).groupBy("d", "dated").agg(F.count(F.lit(1)).alias("n")).collect()}
-        _check_epoch_unit(raw, cfg, ts, now, sum(n for (_, ok), n in per_day.items() if ok))
+        alt = _other_unit_plausible(raw, cfg, now, dated)   # numeric times: undatable rows another unit dates
+        day_counts = (raw.select(F.when(dated, F.to_date(ts)).otherwise(F.lit(last)).alias("d"),
+                                 dated.alias("dated"), *[c.alias(u) for u, c in alt.items()])
+                      .filter(F.col("d").isin(dates)).groupBy("d", "dated")
+                      .agg(F.count(F.lit(1)).alias("n"), *[F.sum(F.col(u).cast("int")).alias(u) for u in alt])
+                      .collect())
+        per_day = {(r["d"], r["dated"]): int(r["n"]) for r in day_counts}
+        _check_epoch_unit(raw, cfg, ts, now, sum(n for (_, ok), n in per_day.items() if ok),
+                          {u: sum(int(r[u] or 0) for r in day_counts) for u in alt})
         empty = [d for d in dates if not per_day.get((d, True))]    # undatable rows are no day's orders
         if empty and not allow_empty:
             raise EmptyRunDateError(f"no input orders for {fmt_dates(empty)} in input.transactions: a late or "
                                     f"broken feed? (--allow-empty for a day known to be empty); nothing written")
-        s.undatable_seen = int(seen.count()) if seen is not None else 0
         s.input_rows = sum(per_day.values())
-        s.reasons = {r["reason"]: int(r["count"]) for r in rejected.groupBy("reason").count().collect()}
+        counts = marked.groupBy("reason", SEEN).count().collect()
+        s.reasons = {r["reason"]: int(r["count"]) for r in counts if not r[SEEN]}
+        s.undatable_seen = sum(int(r["count"]) for r in counts if r[SEEN])
         s.quarantined_input = sum(s.reasons.values())
         if s.undatable_seen:
             log.info("%d undatable row(s) were quarantined by an earlier run date; not recorded again",
@@ -193,7 +202,7 @@ def run_build_sequences(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext
                                  built_shape(seq.max_len, cfg.labels.feedback_reports))
     finally:
         clean.unpersist()
-        rejected.unpersist()
+        marked.unpersist()
     reconcile(s)
     return s
 
@@ -213,48 +222,58 @@ def check_built_shape(spark: "SparkSession", path: str, max_len: int, reports: i
                           "built shape; nothing written")
 
 
-def _skip_reported_undatable(spark: "SparkSession", cfg: SuiteConfig, rejected: "DataFrame",
-                             dates: Sequence[dt.date]) -> tuple["DataFrame", Optional["DataFrame"]]:
-    """Drop the undatable rows this job already quarantined under a date outside this run (the
-    same raw row); returns (rows to record, rows already recorded).  A rerun of that date
-    records them again, as it replaces its own quarantine rows."""
+def _mark_reported_undatable(spark: "SparkSession", cfg: SuiteConfig, rejected: "DataFrame",
+                             dates: Sequence[dt.date]) -> "DataFrame":
+    """``rejected`` with a boolean column ``SEEN``: an undatable row this job already quarantined
+    under a date outside this run (the same raw row), not to be recorded again.  A rerun of
+    that date records them again, as it replaces its own quarantine rows."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     path = cfg.storage.table_path("quarantine", PROJECT_ROOT)
     if not DeltaTable.isDeltaTable(spark, path):
-        return rejected, None
+        return rejected.withColumn(SEEN, F.lit(False))
     key = F.coalesce(F.col("raw"), F.lit(""))
     undatable = F.col("event_time").isNull()
     earlier = (spark.read.format("delta").load(path)
                .filter((F.col("job") == JOB) & ~F.col("ds").isin(list(dates)) & undatable)
-               .select(key.alias("_raw")).distinct())
-    cand = rejected.filter(undatable).withColumn("_raw", key)
-    seen = cand.join(earlier, "_raw", "left_semi").drop("_raw")
-    keep = rejected.filter(~undatable).unionByName(cand.join(earlier, "_raw", "left_anti").drop("_raw"))
-    return keep, seen
+               .select(key.alias("_raw")).distinct().withColumn("_earlier", F.lit(True)))
+    return (rejected.withColumn("_raw", F.when(undatable, key)).join(earlier, "_raw", "left")
+            .withColumn(SEEN, F.coalesce(F.col("_earlier"), F.lit(False))).drop("_raw", "_earlier"))
 
 
-def _check_epoch_unit(raw: "DataFrame", cfg: SuiteConfig, ts: "Column", now: dt.datetime, plausible: int) -> None:
-    """Numeric event times: when more rows read as implausible instants in the configured unit but
-    as plausible ones in another unit than there are plausible rows on the run dates, the unit is
-    wrong: an error naming the column, both units, a value and what it reads as."""
-    from pyspark.sql import functions as F
+def _other_unit_plausible(raw: "DataFrame", cfg: SuiteConfig, now: dt.datetime, dated: "Column") -> dict[str, "Column"]:
+    """For a numeric event time: per other epoch unit, whether an undatable row would be dated
+    in that unit (empty for timestamp or string times)."""
     from pyspark.sql.types import NumericType
 
     cols = cfg.columns
     if not isinstance(raw.schema[cols.event_time].dataType, NumericType):
+        return {}
+    out = {}
+    for u in (u for u in EPOCH_UNITS if u != cols.event_time_unit):
+        t = event_time_column(raw, cols.event_time, unit=u)
+        out[u] = ~dated & t.isNotNull() & ~implausible(t, cfg.quality, now)
+    return out
+
+
+def _check_epoch_unit(raw: "DataFrame", cfg: SuiteConfig, ts: "Column", now: dt.datetime, plausible: int,
+                      other_unit: dict[str, int]) -> None:
+    """When more undatable rows read as plausible in another epoch unit than there are plausible
+    rows on the run dates, the unit is wrong: an error naming the column, both units, a value
+    and what it reads as."""
+    from pyspark.sql import functions as F
+
+    if not other_unit:
         return
-    others = [u for u in EPOCH_UNITS if u != cols.event_time_unit]
-    alt = {u: event_time_column(raw, cols.event_time, unit=u) for u in others}
-    row = raw.filter(implausible(ts, cfg.quality, now)).agg(
-        *[F.sum((alt[u].isNotNull() & ~implausible(alt[u], cfg.quality, now)).cast("int")).alias(u) for u in others],
-        F.first(F.col(cols.event_time)).alias("v"), F.first(ts.cast("string")).alias("t")).first()
-    best = max(others, key=lambda u: row[u] or 0)
-    if (row[best] or 0) > plausible:
+    cols = cfg.columns
+    best = max(other_unit, key=lambda u: other_unit[u])
+    if other_unit[best] > plausible:
         lo, hi = plausible_range(cfg.quality, now)
+        row = raw.filter(implausible(ts, cfg.quality, now)).select(
+            F.col(cols.event_time).alias("v"), ts.cast("string").alias("t")).first()
         raise EventTimeUnitError(
-            f"columns.event_time: {row[best]} rows of {cols.event_time!r} read as epoch "
+            f"columns.event_time: {other_unit[best]} rows of {cols.event_time!r} read as epoch "
             f"{EPOCH_UNITS[cols.event_time_unit]} fall outside [{lo:%Y-%m-%d}, {hi:%Y-%m-%d}] but are plausible as "
             f"epoch {EPOCH_UNITS[best]}, against {plausible} plausible rows on the run dates (e.g. {row['v']} reads "
             f"as {row['t']}): is columns.event_time_unit ({cols.event_time_unit!r}) right?  Nothing written")
