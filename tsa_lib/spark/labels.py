@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from tsa_lib.config import SuiteConfig
 from tsa_lib.spark.inputs import read_transactions
-from tsa_lib.spark.quality import event_time_column, known_time_column
+from tsa_lib.spark.quality import known_time_column, label_time_column
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -46,7 +46,7 @@ def read_labels(spark: "SparkSession", cfg: SuiteConfig, dates: Sequence[dt.date
     label = F.col(cols.label).cast("int") if has_label else F.lit(None).cast("int")
     valid = F.lit(True)
     if cols.label_time is not None and has_label:
-        valid = F.coalesce(event_time_column(raw, cols.label_time, "columns.label_time", cols.event_time_unit) >= ts, F.lit(True))
+        valid = F.coalesce(label_time_column(raw, cols) >= ts, F.lit(True))
     reached = known_time_column(raw, ts, cols, cfg.labels) < F.lit(at)
     out = raw.select(F.col(cols.order_id).cast("string").alias("order_id"), ts.alias("event_time"),
                      F.when(valid & reached, label).alias("label"),

@@ -85,6 +85,12 @@ def event_time_column(df: "DataFrame", name: str, key: str = "columns.event_time
                      f"expected timestamp, date, string or epoch {EPOCH_UNITS.get(unit, unit)}")
 
 
+def label_time_column(df: "DataFrame", cols: ColumnsConfig) -> "Column":
+    """``columns.label_time`` as a timestamp (read like the event time, in its epoch unit)."""
+    assert cols.label_time is not None
+    return event_time_column(df, cols.label_time, "columns.label_time", cols.event_time_unit)
+
+
 def plausible_range(quality: QualityConfig, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
     """[earliest, latest] plausible event time: ``quality.min_event_time`` and ``now`` plus
     ``quality.max_future_days`` (both UTC)."""
@@ -110,7 +116,7 @@ def known_time_column(df: "DataFrame", ts: "Column", cols: ColumnsConfig, labels
     fallback = F.timestamp_micros(F.unix_micros(ts) + F.lit(int(round(labels.delay_days * 86400e6))))
     if cols.label_time is None:
         return fallback
-    return F.coalesce(event_time_column(df, cols.label_time, "columns.label_time", cols.event_time_unit), fallback)
+    return F.coalesce(label_time_column(df, cols), fallback)
 
 
 def check_input_columns(df: "DataFrame", cols: ColumnsConfig, where: str = "input.transactions") -> None:
@@ -169,7 +175,7 @@ def check_quality(df: "DataFrame", cols: ColumnsConfig, quality: QualityConfig,
         checks.append((lab.isNotNull() & ~F.coalesce(lab.cast("double").isin(0.0, 1.0), F.lit(False)), "bad_label",
                        F.concat(F.lit(f"{cols.label}="), lab.cast("string"), F.lit(" is not 0, 1 or null"))))
     if cols.label_time is not None and cols.label_time in df.columns:
-        lt = event_time_column(df, cols.label_time, "columns.label_time", cols.event_time_unit)
+        lt = label_time_column(df, cols)
         checks.append((lt < ts, "bad_label_time",
                        F.concat(F.lit(f"{cols.label_time}="), lt.cast("string"), F.lit(f" is before {cols.event_time}="),
                                 ts.cast("string"))))
