@@ -254,14 +254,7 @@ class TrainingRun:
         self._safe(f"log the metrics of epoch {epoch}", self._log_epoch, epoch, metrics)
 
     def _log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, epoch) for k, v in sorted(metrics.items())
-                 if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=items)
+        self.client.log_batch(self.run_id, metrics=_metrics(metrics, epoch))
         self.logged_epochs.add(epoch)
 
     def finish(self, folder: Path, manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> Optional[str]:
@@ -279,14 +272,10 @@ class TrainingRun:
 
     def _log_lineage(self, folder: Path, manifest: Mapping[str, Any], metrics: Mapping[str, Any], step: int
                      ) -> None:
-        import time
-
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _lineage(manifest).items()])
-        best, now = metrics.get("best") or {}, int(time.time() * 1000)
-        items = [Metric(f"best_{k}", float(v), now, step) for k, v in sorted(best.items())
-                 if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
+        items = _metrics(metrics.get("best") or {}, step, prefix="best_")
         if items:
             self.client.log_batch(self.run_id, metrics=items)
         self.client.log_artifacts(self.run_id, str(folder), ARTIFACT_KEY)
@@ -319,6 +308,17 @@ class TrainingRun:
                 self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
         except Exception as e:
             log.warning("MLflow: could not end run %s: %s: %s", self.run_id, type(e).__name__, e)
+
+
+def _metrics(values: Mapping[str, Any], step: int, prefix: str = "") -> list[Any]:
+    """MLflow metrics of the finite numbers in ``values`` (the epoch counter left out)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(prefix + k, float(v), now, step) for k, v in sorted(values.items())
+            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
 
 
 def _code_commit() -> str:
