@@ -422,6 +422,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 200
     log_every_steps: int = 50
     seed: int = 1234
+    # Host memory for one rank's examples (validation first, then training).  A window that does
+    # not fit is streamed from its Delta files in every epoch.  Default: half the memory available
+    # at start, shared by the node's ranks.
+    host_memory_mb: Optional[float] = None
 
     def __post_init__(self) -> None:
         for key in ("train_start", "train_end", "valid_start", "valid_end"):
@@ -437,6 +441,8 @@ class TrainConfig:
             check_positive(f"training.{key}", getattr(self, key))
         if self.max_steps_per_epoch is not None:
             check_positive("training.max_steps_per_epoch", self.max_steps_per_epoch)
+        if self.host_memory_mb is not None:
+            check_positive("training.host_memory_mb", self.host_memory_mb)
         check_positive("training.lr", self.lr)
         check_positive("training.weight_decay", self.weight_decay, allow_zero=True)
         check_positive("training.warmup_steps", self.warmup_steps, allow_zero=True)

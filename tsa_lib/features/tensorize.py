@@ -323,11 +323,11 @@ def examples_to_batch(tbl: pa.Table | pa.RecordBatch, enc: Encoders) -> ModelBat
             else np.nan_to_num(lab.astype(np.float64), nan=-1).astype(np.int64)
     return ModelBatch(
         order_id=np1("order_id").astype(object),
-        c_cat=_reshape(tbl.column("c_cat"), (length, nc), np.int64),
+        c_cat=_reshape(tbl.column("c_cat"), (length, nc), np.int32),
         c_num=_reshape(tbl.column("c_num"), (length, nn), np.float32),
         c_dt=_reshape(tbl.column("c_dt"), (length,), np.float32),
         c_mask=lens_to_mask(c_len, length),
-        k_cat=_reshape(tbl.column("k_cat"), (length, nc), np.int64),
+        k_cat=_reshape(tbl.column("k_cat"), (length, nc), np.int32),
         k_num=_reshape(tbl.column("k_num"), (length, nn), np.float32),
         k_dt=_reshape(tbl.column("k_dt"), (length,), np.float32),
         k_mask=lens_to_mask(k_len, length),

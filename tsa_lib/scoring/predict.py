@@ -68,10 +68,10 @@ def predict(loaded: LoadedModel, mb: ModelBatch, batch_size: int = 1024) -> Pred
             def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
                 return torch.from_numpy(np.require(a[sl], requirements=["C", "W"])).to(dev, dtype)
 
-            c = (t(mb.c_cat, torch.long), t(mb.c_num, torch.float32), t(mb.c_dt, torch.float32),
+            c = (t(mb.c_cat, torch.int32), t(mb.c_num, torch.float32), t(mb.c_dt, torch.float32),
                  t(mb.c_mask, torch.bool))
             if two:
-                k = (t(mb.k_cat, torch.long), t(mb.k_num, torch.float32), t(mb.k_dt, torch.float32),
+                k = (t(mb.k_cat, torch.int32), t(mb.k_num, torch.float32), t(mb.k_dt, torch.float32),
                      t(mb.k_mask, torch.bool))
                 logits, _, det = model(*c, *k, t(mb.eng, torch.float32), return_details=True)
                 gates.append(det["gate"].float().cpu().numpy())

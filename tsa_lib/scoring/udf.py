@@ -79,11 +79,11 @@ def to_model_batch(cols: Tuple[pd.Series, ...], enc: Encoders) -> ModelBatch:
         lens[name] = v
     return ModelBatch(
         order_id=np.arange(len(c_cat)).astype(object),
-        c_cat=_stack("c_cat", c_cat, w["c_cat"], np.int64, (length, nc)),
+        c_cat=_stack("c_cat", c_cat, w["c_cat"], np.int32, (length, nc)),
         c_num=_stack("c_num", c_num, w["c_num"], np.float32, (length, nn)),
         c_dt=_stack("c_dt", c_dt, w["c_dt"], np.float32, (length,)),
         c_mask=lens_to_mask(lens["c_len"], length),
-        k_cat=_stack("k_cat", k_cat, w["k_cat"], np.int64, (length, nc)),
+        k_cat=_stack("k_cat", k_cat, w["k_cat"], np.int32, (length, nc)),
         k_num=_stack("k_num", k_num, w["k_num"], np.float32, (length, nn)),
         k_dt=_stack("k_dt", k_dt, w["k_dt"], np.float32, (length,)),
         k_mask=lens_to_mask(lens["k_len"], length),

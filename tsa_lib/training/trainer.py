@@ -5,8 +5,15 @@ plain process: one rank).  The model stays free of distribution concerns: DDP
 wrapping happens here.  Only rank 0 logs progress and writes files.
 
 Determinism: batches come from a permutation seeded by (seed, epoch) and the
-dropout RNG is re-seeded from (seed, epoch, step, rank) before every step, so a
-run resumed from any checkpoint takes exactly the steps of a run never stopped.
+dropout RNG is re-seeded from (seed, epoch, step, rank) wherever a run can resume
+(each epoch's start and each checkpoint), so a run resumed from any checkpoint
+takes exactly the steps of a run never stopped.
+
+Throughput: a step reads nothing back from the device (the loss is summed there
+and read once per logging interval), the classifier and its loss run as one
+module (``LossModel``: one compiled graph, one DDP wrapper), AdamW is fused on
+CUDA, and logged rates cover the last interval, with the first one (compilation,
+warm-up) reported apart.
 """
 
 from __future__ import annotations
@@ -33,12 +40,21 @@ from tsa_lib.models.config import ModelConfig, load_model_config
 from tsa_lib.models.factory import build_model
 from tsa_lib.training.artifact import code_commit, model_config_for, new_model_version, save_artifact
 from tsa_lib.schedule import TrainingWindows, training_windows
-from tsa_lib.training.data import DataError, TensorData, model_inputs, read_examples, table_version
+from tsa_lib.training.data import (
+    DataError,
+    Shard,
+    StreamedData,
+    TensorData,
+    load_training_data,
+    model_inputs,
+    table_version,
+)
 from tsa_lib.tracking import TrainingRun, start_training_run
 
 log = logging.getLogger(__name__)
 
 STOP_AFTER_EPOCH_ENV = "TSA_TEST_STOP_AFTER_EPOCH"  # tests: hard-exit after this epoch's checkpoint
+STOP_AFTER_STEP_ENV = "TSA_TEST_STOP_AFTER_STEP"    # tests: hard-exit after this global step's checkpoint
 
 
 @dataclass(frozen=True)
@@ -128,16 +144,29 @@ def _all_sum(x: float, d: Dist) -> float:
     return float(t.item())
 
 
-def _label_counts(train: np.ndarray, valid: np.ndarray, d: Dist) -> dict[str, int]:
-    """Rows, known labels and positives of both windows, summed over the ranks in one all-reduce."""
-    mine = [len(train), int((train >= 0).sum()), int((train == 1).sum()),
-            len(valid), int((valid >= 0).sum()), int((valid == 1).sum())]
+def _label_counts(train_rows: int, train: np.ndarray, valid_rows: int, valid: np.ndarray, d: Dist
+                  ) -> dict[str, int]:
+    """Rows, known labels and positives of both windows (``train``/``valid``: the known labels),
+    summed over the ranks in one all-reduce."""
+    mine = [train_rows, len(train), int((train == 1).sum()), valid_rows, len(valid), int((valid == 1).sum())]
     if d.world > 1:
         t = torch.tensor(mine, dtype=torch.int64, device=d.device)
         dist.all_reduce(t)
         mine = [int(v) for v in t.tolist()]
     keys = ("train_rows", "train_known", "train_positives", "valid_rows", "valid_known", "valid_positives")
     return dict(zip(keys, mine))
+
+
+def host_budget(tc: TrainConfig) -> int:
+    """Bytes of host memory one rank may hold examples in (``training.host_memory_mb``, or half the
+    memory available now, shared by this node's ranks)."""
+    if tc.host_memory_mb is not None:
+        return int(tc.host_memory_mb * (1 << 20))
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 << 30
+    return int(avail * 0.5) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _all_min(x: int, d: Dist) -> int:
@@ -195,23 +224,24 @@ def _class_weight(labels: np.ndarray, tc: TrainConfig, d: Dist) -> torch.Tensor:
     return torch.tensor([1.0, min(w, tc.max_pos_weight)], dtype=torch.float32, device=d.device)
 
 
-def evaluate(model: torch.nn.Module, data: TensorData, model_type: str, tc: TrainConfig, d: Dist,
+def evaluate(model: torch.nn.Module, data: TensorData | StreamedData, model_type: str, tc: TrainConfig, d: Dist,
              weight: torch.Tensor) -> dict[str, float]:
     """Validation loss and metrics over all ranks' shards."""
     model.eval()
-    probs, labels, loss_sum = [], [], 0.0
+    probs, labels = [], []
+    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
     amp = _autocast(tc, d)
     with torch.no_grad():
         for b in data.batches(tc.eval_batch_size, 0, 0, shuffle=False):
             with amp:
                 logits, _ = model(*model_inputs(b, model_type))
             logits = logits.float()
-            loss_sum += float(F.cross_entropy(logits, b["label"], weight=weight, reduction="sum").item())
+            loss_sum += F.cross_entropy(logits, b["label"], weight=weight, reduction="sum").double()
             probs.append(torch.softmax(logits, -1)[:, 1].cpu().numpy())
             labels.append(b["label"].cpu().numpy())
     p = np.concatenate(probs) if probs else np.zeros(0)
     y = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    parts = _gather((p, y, loss_sum), d)
+    parts = _gather((p, y, float(loss_sum)), d)
     p = np.concatenate([x[0] for x in parts])
     y = np.concatenate([x[1] for x in parts])
     return {"valid_loss": sum(x[2] for x in parts) / max(1, len(y)), "roc_auc": roc_auc(y, p),
@@ -219,11 +249,13 @@ def evaluate(model: torch.nn.Module, data: TensorData, model_type: str, tc: Trai
             "valid_n": float(len(y)), "valid_positives": float(y.sum())}
 
 
-def _autocast(tc: TrainConfig, d: Dist):  # type: ignore[no-untyped-def]
-    if tc.amp == "none":
-        return torch.autocast(device_type=d.device.type, enabled=False)
-    dtype = torch.bfloat16 if tc.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=d.device.type, dtype=dtype)
+def _amp_dtype(tc: TrainConfig) -> Optional[torch.dtype]:
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tc.amp]
+
+
+def _autocast(tc: TrainConfig, d: Dist) -> torch.autocast:
+    dtype = _amp_dtype(tc)
+    return torch.autocast(device_type=d.device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any,
@@ -261,22 +293,84 @@ def train(plan: Plan, resume: bool = False, d: Optional[Dist] = None) -> Optiona
     d = d or init_distributed()
     run = start_training_run(plan) if d.main else None
     try:
-        return _train(plan, resume, d, run)
+        s = _set_up(plan, resume, d, run)
+        while s.st.epoch < s.tc.epochs and not s.st.done:
+            _run_epoch(s)
+        return _finish(s)
     except BaseException:
         if run is not None:
             run.close(failed=True)
         raise
 
 
-def _train(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Optional[Path]:
+class LossModel(torch.nn.Module):
+    """The classifier and its training loss as one module: one forward, one compiled graph, one DDP
+    wrapper.  Autocast covers the classifier; the loss is computed in fp32 as ``training_loss`` says."""
+
+    def __init__(self, model: torch.nn.Module, model_type: str, device_type: str,
+                 amp_dtype: Optional[torch.dtype]) -> None:
+        super().__init__()
+        self.model = model
+        self.model_type = model_type
+        self.device_type = device_type
+        self.amp_dtype = amp_dtype
+
+    def forward(self, batch: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device_type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits, _ = self.model(*model_inputs(batch, self.model_type))
+        return self.model.training_loss(logits, batch["label"], weight)
+
+
+@dataclass
+class Session:
+    """One training run in progress: data, model, optimiser and the position in the run."""
+
+    plan: Plan
+    d: Dist
+    run: Optional[TrainingRun]
+    version: int
+    as_of: Optional[dt.datetime]
+    counts: dict[str, int]
+    train_data: TensorData | StreamedData
+    valid_data: TensorData | StreamedData
+    weight: torch.Tensor
+    steps_per_epoch: int
+    model: torch.nn.Module
+    loss_model: torch.nn.Module          # LossModel, DDP-wrapped and compiled as configured
+    eval_model: torch.nn.Module          # the classifier, compiled as configured
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: Optional[torch.amp.GradScaler]
+    st: State
+    warmup_s: Optional[float] = None     # the first logging interval of this process (compilation included)
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.plan.tc
+
+    @property
+    def ckpt(self) -> Path:
+        return self.plan.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.plan.run_dir / "checkpoints" / "best.pt"
+
+
+def _set_up(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Session:
+    """Read this rank's data, build the model, optimiser and schedule, and restore a checkpoint."""
     tc, mcfg = plan.tc, plan.model_cfg
     version = _broadcast(plan.tc.examples_version if plan.tc.examples_version is not None
                          else table_version(plan.examples_path), d)
     t0 = time.perf_counter()
     as_of = plan.windows.labels_as_of if plan.windows.run_date is not None else None
-    tr_batch = read_examples(plan.examples_path, version, *plan.train, plan.enc, d.rank, d.world, as_of)
-    va_batch = read_examples(plan.examples_path, version, *plan.valid, plan.enc, d.rank, d.world, as_of)
-    counts = _label_counts(tr_batch.label, va_batch.label, d)
+    budget = host_budget(tc)
+    valid_data, valid_rows = load_training_data(
+        Shard.open(plan.examples_path, version, *plan.valid, d.rank, d.world), plan.enc, d.device, budget, as_of)
+    train_data, train_rows = load_training_data(
+        Shard.open(plan.examples_path, version, *plan.train, d.rank, d.world), plan.enc, d.device,
+        max(1, budget - valid_data.host_bytes), as_of)
+    counts = _label_counts(train_rows, train_data.labels(), valid_rows, valid_data.labels(), d)
     if d.main:
         log.info("labels known%s: train %d of %d orders (%d fraud), valid %d of %d (%d fraud); the orders whose "
                  "label is not known are left out", f" before {as_of:%Y-%m-%d %H:%M}" if as_of else "",
@@ -285,8 +379,6 @@ def _train(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Opt
     if counts["train_known"] < tc.min_known_labels:
         raise DataError(f"training window {plan.train[0]}..{plan.train[1]} has {counts['train_known']} known labels, "
                         f"fewer than training.min_known_labels={tc.min_known_labels}")
-    train_data = TensorData.from_batch(_labeled(tr_batch), d.device)
-    valid_data = TensorData.from_batch(_labeled(va_batch), d.device)
     weight = _class_weight(train_data.labels(), tc, d)
     steps_per_epoch = _all_min(train_data.num_steps(tc.batch_size, drop_last=True), d)
     if tc.max_steps_per_epoch is not None:
@@ -294,122 +386,187 @@ def _train(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Opt
     if steps_per_epoch == 0:
         raise DataError(f"training window has fewer rows per rank ({train_data.n}) than one batch ({tc.batch_size})")
     if d.main:
-        log.info("data: examples v%d, train %d rows/rank (%d steps/epoch x %d ranks), valid %d rows/rank, "
-                 "pos weight %.2f, loaded in %.1fs on %s", version, train_data.n, steps_per_epoch, d.world,
-                 valid_data.n, float(weight[1]), time.perf_counter() - t0, d.device)
+        where = "streamed from the files" if train_data.streamed else "on " + (
+            str(d.device) if train_data.on_device else "the host")
+        log.info("data: examples v%d, train %d rows/rank (%d steps/epoch x %d ranks, %s), valid %d rows/rank, "
+                 "pos weight %.2f, loaded in %.1fs", version, train_data.n, steps_per_epoch, d.world, where,
+                 valid_data.n, float(weight[1]), time.perf_counter() - t0)
 
     torch.manual_seed(tc.seed)
     model = build_model(mcfg).to(d.device)
-    ddp: torch.nn.Module = model
+    loss_model: torch.nn.Module = LossModel(model, mcfg.model_type, d.device.type, _amp_dtype(tc))
     if d.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-    run_model = torch.compile(ddp) if tc.compile else ddp
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    total = steps_per_epoch * tc.epochs
+        loss_model = torch.nn.parallel.DistributedDataParallel(
+            loss_model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                            fused=d.device.type == "cuda")
     if tc.schedule == "plateau":
         sched: Any = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)
     else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tc, steps_per_epoch * tc.epochs))
     scaler = torch.amp.GradScaler("cuda") if tc.amp == "fp16" else None
-    ckpt = plan.run_dir / "checkpoints" / "last.pt"
-    best_path = plan.run_dir / "checkpoints" / "best.pt"
-    st = State()
+    s = Session(plan=plan, d=d, run=run, version=version, as_of=as_of, counts=counts, train_data=train_data,
+                valid_data=valid_data, weight=weight, steps_per_epoch=steps_per_epoch, model=model,
+                loss_model=torch.compile(loss_model) if tc.compile else loss_model,
+                eval_model=torch.compile(model) if tc.compile else model,
+                opt=opt, sched=sched, scaler=scaler, st=State())
     if resume:
-        if not ckpt.is_file():
-            raise DataError(f"--resume: no checkpoint at {str(ckpt)!r}")
-        st = _load_checkpoint(ckpt, model, opt, sched, scaler)
+        if not s.ckpt.is_file():
+            raise DataError(f"--resume: no checkpoint at {str(s.ckpt)!r}")
+        s.st = _load_checkpoint(s.ckpt, model, opt, sched, scaler)
         if d.main:
-            log.info("resumed from %s at epoch %d step %d", ckpt, st.epoch, st.step)
-    elif d.main and ckpt.exists():
-        ckpt.unlink()
+            log.info("resumed from %s at epoch %d step %d", s.ckpt, s.st.epoch, s.st.step)
+    elif d.main and s.ckpt.exists():
+        s.ckpt.unlink()
+    return s
 
-    amp = _autocast(tc, d)
-    while st.epoch < tc.epochs and not st.done:
-        run_model.train()
-        tick, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
-        for b in train_data.batches(tc.batch_size, tc.seed, st.epoch, st.step, drop_last=True,
-                                    steps=steps_per_epoch):
+
+def train_step(s: Session, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One optimisation step; returns the loss, still on the device (reading it would sync)."""
+    loss = s.loss_model(batch, s.weight)
+    s.opt.zero_grad(set_to_none=True)
+    if s.scaler is not None:
+        s.scaler.scale(loss).backward()
+        s.scaler.unscale_(s.opt)
+    else:
+        loss.backward()
+    if s.tc.grad_clip:
+        for group in s.model.clip_groups():
+            torch.nn.utils.clip_grad_norm_(group, s.tc.grad_clip)
+    if s.scaler is not None:
+        s.scaler.step(s.opt)      # fp16 only: the scaler reads its inf check, a host sync
+        s.scaler.update()
+    else:
+        s.opt.step()
+    if not isinstance(s.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        s.sched.step()
+    return loss.detach()
+
+
+@dataclass
+class EpochTotals:
+    loss_sum: torch.Tensor    # on the device
+    steps: int
+    samples: int              # all ranks
+    seconds: float            # the steady part: the first logging interval of the process excluded
+    steady_samples: int
+
+
+def train_steps(s: Session) -> EpochTotals:
+    """The steps of the current epoch from ``s.st.step`` on, with progress logs and mid-epoch checkpoints.
+
+    Nothing is read back from the device between logs: the loss is summed on the device and read
+    every ``log_every_steps``.  The dropout RNG is re-seeded from (seed, epoch, step, rank) at the
+    start of each epoch and after each checkpoint, the only places a run can resume from, so a resumed
+    run draws exactly the dropout masks of a run never stopped.  Logged rates are over the last
+    interval; the first interval of the process (compilation, warm-up) is logged and timed apart.
+    """
+    tc, d, st = s.tc, s.d, s.st
+    first = st.step
+    loss_sum = torch.zeros((), device=d.device)
+    steps = samples = steady_samples = interval_samples = 0
+    steady_s = 0.0
+    tick = time.perf_counter()
+    for b in s.train_data.batches(tc.batch_size, tc.seed, st.epoch, st.step, drop_last=True,
+                                  steps=s.steps_per_epoch):
+        if st.step == first or st.global_step % tc.checkpoint_every_steps == 0:
             torch.manual_seed(_step_seed(tc.seed, st.epoch, st.step, d.rank))
-            with amp:
-                logits, _ = run_model(*model_inputs(b, mcfg.model_type))
-            loss = model.training_loss(logits, b["label"], weight)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
+        loss_sum += train_step(s, b)
+        st.step += 1
+        st.global_step += 1
+        steps += 1
+        n = len(b["label"]) * d.world
+        samples += n
+        interval_samples += n
+        if st.global_step % tc.log_every_steps == 0 or st.step == s.steps_per_epoch:
+            mean_loss = float(loss_sum) / steps / s.plan.model_cfg.members   # the sync, once per interval
+            now = time.perf_counter()
+            el, tick = now - tick, now
+            if s.warmup_s is None:
+                s.warmup_s = el
+                kind = "warm-up, compilation included"
             else:
-                loss.backward()
-            if tc.grad_clip:
-                for group in model.clip_groups():
-                    torch.nn.utils.clip_grad_norm_(group, tc.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step()
-            st.step += 1
-            st.global_step += 1
-            seen += len(b["label"]) * d.world
-            loss_sum += float(loss.detach()) / mcfg.members  # per member: comparable across configs
-            n_loss += 1
+                steady_s += el
+                steady_samples += interval_samples
+                kind = "last interval"
+            rate = interval_samples / max(el, 1e-9)
+            interval_samples = 0
             if d.main and st.global_step % tc.log_every_steps == 0:
-                el = time.perf_counter() - tick
-                left = (tc.epochs - st.epoch) * steps_per_epoch - st.step
-                rate = seen / max(el, 1e-9)
-                log.info("epoch %d step %d/%d loss %.4f  %.0f samples/s  eta %.0fs", st.epoch, st.step,
-                         steps_per_epoch, loss_sum / n_loss, rate, left * tc.batch_size * d.world / max(rate, 1e-9))
-            if st.global_step % tc.checkpoint_every_steps == 0 and st.step < steps_per_epoch and d.main:
-                _save_checkpoint(ckpt, model, opt, sched, scaler, st)
-        train_time = time.perf_counter() - tick
-        train_loss = _all_sum(loss_sum, d) / max(1.0, _all_sum(float(n_loss), d))
-        m = evaluate(run_model, valid_data, mcfg.model_type, tc, d, weight)
-        m.update(epoch=float(st.epoch), train_loss=train_loss,
-                 train_samples_per_s=seen / max(train_time, 1e-9), lr=opt.param_groups[0]["lr"])
-        st.history.append(m)
-        metric = m[tc.early_stopping_metric]
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(metric)
-        improved = metric > st.best_metric + 1e-6
-        if improved:
-            st.best_metric, st.best_epoch, st.bad_epochs = metric, st.epoch, 0
-            if d.main:
-                best_path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(model.state_dict(), best_path)
-        else:
-            st.bad_epochs += 1
-            st.done = st.bad_epochs > tc.patience
-        if d.main:
-            log.info("epoch %d: train loss %.4f, valid loss %.4f, AUC %.4f, AP %.4f, recall@1%%FPR %.4f%s",
-                     st.epoch, train_loss, m["valid_loss"], m["roc_auc"], m["average_precision"],
-                     m["recall_at_1pct_fpr"], " (best)" if improved else "")
-            if run is not None:
-                run.log_epoch(st.epoch, m)
-        st.epoch += 1
-        st.step = 0
-        if d.main:
-            _save_checkpoint(ckpt, model, opt, sched, scaler, st)
-        if d.world > 1:
-            dist.barrier()
-        if os.environ.get(STOP_AFTER_EPOCH_ENV) == str(st.epoch):
-            os._exit(17)  # tests: die like a killed job, after the checkpoint
+                left = (tc.epochs - st.epoch) * s.steps_per_epoch - st.step
+                log.info("epoch %d step %d/%d loss %.4f  %.0f samples/s (%s)  eta %.0fs", st.epoch, st.step,
+                         s.steps_per_epoch, mean_loss, rate, kind,
+                         left * tc.batch_size * d.world / max(rate, 1e-9))
+        if st.global_step % tc.checkpoint_every_steps == 0 and st.step < s.steps_per_epoch and d.main:
+            _save_checkpoint(s.ckpt, s.model, s.opt, s.sched, s.scaler, st)
+            if os.environ.get(STOP_AFTER_STEP_ENV) == str(st.global_step):
+                os._exit(17)  # tests: die like a killed job, after the checkpoint
+    return EpochTotals(loss_sum=loss_sum, steps=steps, samples=samples, seconds=steady_s,
+                       steady_samples=steady_samples)
 
+
+def _run_epoch(s: Session) -> None:
+    """Train one epoch, validate, apply early stopping, checkpoint."""
+    tc, d, st = s.tc, s.d, s.st
+    s.loss_model.train()
+    warm_before = s.warmup_s
+    t0 = time.perf_counter()
+    tot = train_steps(s)
+    wall = time.perf_counter() - t0
+    members = s.plan.model_cfg.members
+    train_loss = _all_sum(float(tot.loss_sum), d) / max(1.0, _all_sum(float(tot.steps), d)) / members
+    m = evaluate(s.eval_model, s.valid_data, s.plan.model_cfg.model_type, tc, d, s.weight)
+    # steady rate; an epoch that is all warm-up (shorter than one logging interval) reports its wall rate
+    rate = tot.steady_samples / tot.seconds if tot.seconds > 0 else tot.samples / max(wall, 1e-9)
+    m.update(epoch=float(st.epoch), train_loss=train_loss, train_samples_per_s=rate,
+             train_warmup_s=s.warmup_s if warm_before is None and s.warmup_s is not None else 0.0,
+             lr=s.opt.param_groups[0]["lr"])
+    st.history.append(m)
+    metric = m[tc.early_stopping_metric]
+    if isinstance(s.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        s.sched.step(metric)
+    improved = metric > st.best_metric + 1e-6
+    if improved:
+        st.best_metric, st.best_epoch, st.bad_epochs = metric, st.epoch, 0
+        if d.main:
+            s.best_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(s.model.state_dict(), s.best_path)
+    else:
+        st.bad_epochs += 1
+        st.done = st.bad_epochs > tc.patience
+    if d.main:
+        log.info("epoch %d: train loss %.4f, valid loss %.4f, AUC %.4f, AP %.4f, recall@1%%FPR %.4f, "
+                 "%.0f samples/s%s", st.epoch, train_loss, m["valid_loss"], m["roc_auc"], m["average_precision"],
+                 m["recall_at_1pct_fpr"], rate, " (best)" if improved else "")
+        if s.run is not None:
+            s.run.log_epoch(st.epoch, m)
+    st.epoch += 1
+    st.step = 0
+    if d.main:
+        _save_checkpoint(s.ckpt, s.model, s.opt, s.sched, s.scaler, st)
+    if d.world > 1:
+        dist.barrier()
+    if os.environ.get(STOP_AFTER_EPOCH_ENV) == str(st.epoch):
+        os._exit(17)  # tests: die like a killed job, after the checkpoint
+
+
+def _finish(s: Session) -> Optional[Path]:
+    """Check the ranks agree, then on rank 0 write the artifact (best epoch's weights) and close the run."""
+    plan, tc, d, st, model = s.plan, s.tc, s.d, s.st, s.model
     digests = _gather(weights_digest(model), d)
     if not d.main:
         return None
     if st.done:
         log.info("early stopping after epoch %d (best epoch %d)", st.epoch - 1, st.best_epoch)
     final_digest = digests[0]
-    if best_path.is_file():
-        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+    if s.best_path.is_file():
+        model.load_state_dict(torch.load(s.best_path, map_location="cpu", weights_only=True))
     else:
         log.warning("no epoch improved %s (metric undefined?): the artifact holds the last weights",
                     tc.early_stopping_metric)
     best = next((h for h in st.history if int(h["epoch"]) == st.best_epoch), st.history[-1] if st.history else {})
     metrics = {"best_epoch": st.best_epoch, "best": best, "history": st.history,
                "early_stopping_metric": tc.early_stopping_metric}
+    mcfg = plan.model_cfg
     version_name = new_model_version()
     manifest = {
         "model_name": tc.model_name, "version": version_name, "model_type": mcfg.model_type,
@@ -417,29 +574,17 @@ def _train(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Opt
         "torch_version": torch.__version__, "world_size": d.world, "device": d.device.type,
         "ranks_in_sync": len(set(digests)) == 1, "final_weights_digest": final_digest,
         "run_date": plan.windows.run_date.isoformat() if plan.windows.run_date else None,
-        "data": {"examples_path": plan.examples_path, "examples_version": version,
+        "data": {"examples_path": plan.examples_path, "examples_version": s.version,
                  "train": [x.isoformat() for x in plan.train], "valid": [x.isoformat() for x in plan.valid],
-                 "labels_as_of": as_of.isoformat() if as_of else None, **counts},
+                 "labels_as_of": s.as_of.isoformat() if s.as_of else None, **s.counts},
         "encoders_version": plan.enc.version, "suite_config": to_dict(plan.cfg), "config_hash": plan.cfg.hash,
     }
     folder = save_artifact(plan.cfg.storage.artifacts_path(f"models/{tc.model_name}") / version_name, model, mcfg,
                            plan.enc, metrics, manifest)
-    if run is not None:
-        run.finish(folder, manifest, metrics)     # never raises: an MLflow failure is a warning
+    if s.run is not None:
+        s.run.finish(folder, manifest, metrics)     # never raises: an MLflow failure is a warning
     return folder
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**62)
-
-
-def _labeled(batch: Any) -> Any:
-    """Drop unlabeled rows (label -1): they cannot train or validate."""
-    from dataclasses import replace
-
-    keep = batch.label >= 0
-    if keep.all():
-        return batch
-    return replace(batch, **{f: getattr(batch, f)[keep] for f in
-                             ("order_id", "c_cat", "c_num", "c_dt", "c_mask", "k_cat", "k_num", "k_dt", "k_mask",
-                              "eng", "label")})
