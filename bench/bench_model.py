@@ -6,11 +6,13 @@ Run on demand (not a test)::
     .venv/bin/python bench/bench_model.py                       # seed preset, auto device
     .venv/bin/python bench/bench_model.py --preset small --batch 256
     .venv/bin/python bench/bench_model.py --batch 1024 --amp bf16 --compile --model two_seq --moe off
+    .venv/bin/python bench/bench_model.py --impl plain ...        # the plain reference (bench/plain_tsa.py)
 
 One batch of contract-shaped inputs (left-padded sequences with random history
 lengths, see ``tsa_lib.models``) is built once on the device, so data loading is
 excluded.  A step is forward + cross-entropy (+ MoE aux loss) + backward
-(+ an AdamW step with ``--optim``).  The first ``--warmup`` steps (which include
+(+ an AdamW step with ``--optim``: fused on CUDA for the suite, the default
+foreach one for the plain reference).  The first ``--warmup`` steps (which include
 ``torch.compile``'s compilation) are not timed.  One JSON line per run is
 appended to ``--out`` (default ``bench/results/model.jsonl``).
 """
@@ -31,6 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
@@ -106,9 +109,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
+    plain = args.impl == "plain"
+    if plain:
+        from plain_tsa import PlainTSA
+
+        model: Any = PlainTSA(cfg).to(device).train()
+    else:
+        model = build_model(cfg).to(device).train()
     step_model = torch.compile(model) if args.compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda") if args.optim else None
+    opt = None
+    if args.optim:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if plain else \
+            torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     inputs = make_inputs(cfg, args.batch, device)
@@ -118,8 +130,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def step() -> None:
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         with ctx:
-            scores, _ = step_model(*inputs)
-            loss = model.training_loss(scores, y, class_weight)  # per member when members > 1
+            scores, aux = step_model(*inputs)
+            loss = model.training_loss(scores, y, class_weight, aux) if plain else \
+                model.training_loss(scores, y, class_weight)  # per member when members > 1
         scaler.scale(loss).backward()
         if opt is not None:
             scaler.step(opt)
@@ -152,6 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "git_commit": git_commit(),
         "preset": args.preset,
+        "impl": args.impl,
         "model_type": cfg.model_type,
         "use_moe": cfg.use_moe,
         "config_hash": cfg.hash,
@@ -173,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "samples_per_s": round(args.batch * args.steps / elapsed, 1),
         "peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None,
     }
-    if args.flops:
+    if args.flops and not plain:
         mf = mflop_per_sample(cfg)
         result["mflop_per_sample_fwd_bwd"] = round(mf, 1) if mf is not None else None
     return result
@@ -182,6 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="seed", help="preset name (tiny, small, seed) or a YAML path")
+    p.add_argument("--impl", choices=["suite", "plain"], default="suite",
+                   help="the suite's model or the plain reference (bench/plain_tsa.py)")
     p.add_argument("--model", choices=["single_seq", "two_seq"], default=None, help="override model_type")
     p.add_argument("--moe", choices=["on", "off", "preset"], default="preset", help="override use_moe")
     p.add_argument("--batch", type=int, default=None, help="default: 1024 on CUDA, 64 on CPU")
