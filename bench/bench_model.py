@@ -37,9 +37,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from tsa_lib.models import ModelConfig, build_model, count_parameters, load_model_config  # noqa: E402
+from tsa_lib.models import (  # noqa: E402
+    DataSizes,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    load_model_preset,
+    model_config,
+)
 
 log = logging.getLogger("bench_model")
+
+# The data each preset is meant for: the seed design's (20 categorical columns of 50 values, 15 numerical,
+# 100 engineered, 50 past orders), the demo's, the tests'.
+SIZES = {"seed": DataSizes(20, 15, 100, 2 + 20 * 50, 51), "small": DataSizes(4, 3, 6, 4096, 21),
+         "tiny": DataSizes(4, 3, 5, 50, 8)}
 
 
 def make_sequence(cfg: ModelConfig, b: int, device: torch.device, gen: torch.Generator,
@@ -95,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_model_config(args.preset)
+    preset = load_model_preset(args.preset)
     changes: dict[str, Any] = {}
     if args.model:
         changes["model_type"] = args.model
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         changes["use_moe"] = args.moe == "on"
     if args.grad_checkpointing:
         changes["grad_checkpointing"] = True
-    cfg = cfg.replace(**changes)
+    cfg = model_config(preset.replace(**changes), SIZES.get(args.preset, SIZES["seed"]))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -195,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="seed", help="preset name (tiny, small, seed) or a YAML path")
+    p.add_argument("--preset", default="seed", help="preset name (tiny, small, seed) or a YAML path (seed sizes)")
     p.add_argument("--impl", choices=["suite", "plain"], default="suite",
                    help="the suite's model or the plain reference (bench/plain_tsa.py)")
     p.add_argument("--model", choices=["single_seq", "two_seq"], default=None, help="override model_type")

@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
 
-def model_config(args: argparse.Namespace) -> Any:
-    from tsa_lib.models.config import load_model_config
+def preset_for(args: argparse.Namespace) -> Any:
+    from tsa_lib.models.config import load_model_preset
 
-    cfg = load_model_config(args.preset)
+    cfg = load_model_preset(args.preset)
     changes: dict[str, Any] = {}
     if args.model:
         changes["model_type"] = args.model
@@ -55,7 +55,7 @@ def model_config(args: argparse.Namespace) -> Any:
 
 def run_suite(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     preset = tmp / "preset.yaml"
-    preset.write_text(yaml.safe_dump(model_config(args).to_dict()))
+    preset.write_text(yaml.safe_dump(preset_for(args).to_dict()))
     cfg = yaml.safe_load(Path(args.config).read_text())
     cfg.setdefault("training", {}).update(
         model_preset=str(preset), model_name="bench_training", epochs=1, max_steps_per_epoch=args.steps,
@@ -91,13 +91,13 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     from tsa_lib.config import PROJECT_ROOT, load_config
     from tsa_lib.features.encoders import load_encoders
     from tsa_lib.schedule import training_windows
-    from tsa_lib.training.artifact import model_config_for
+    from tsa_lib.models.config import model_config
     from tsa_lib.training.data import read_examples, table_version
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(args.config)
     enc = load_encoders(cfg.storage.artifacts_path("encoders"))
-    mcfg = model_config_for(model_config(args), enc)
+    mcfg = model_config(preset_for(args), enc)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
     b = read_examples(path, table_version(path), *training_windows(cfg, None).train, enc)
     keep = b.label >= 0

@@ -37,7 +37,7 @@ def test_shipped_configs_plan_training_and_scoring(name: str) -> None:
     a shipped model preset, artifacts outside the package, the DAG's commands."""
     import datetime as dt
 
-    from tsa_lib.models.config import load_model_config
+    from tsa_lib.models.config import load_model_preset
     from tsa_lib.orchestration.airflow_dag import plan
     from tsa_lib.schedule import matured_day, training_windows
 
@@ -47,7 +47,7 @@ def test_shipped_configs_plan_training_and_scoring(name: str) -> None:
     assert w.train[0] < w.train[1] < w.valid[0] <= w.valid[1] == matured_day(cfg, d) <= d
     assert w.labels_as_of == dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc)
     assert cfg.training.min_known_labels > 0 and cfg.promotion.metric in ("average_precision", "roc_auc")
-    load_model_config(cfg.training.model_preset)
+    load_model_preset(cfg.training.model_preset)
     art = cfg.storage.artifacts_path("models")
     assert "site-packages" not in str(art) and "/tsa_lib/" not in str(art)
     for t in plan(f"conf/{name}"):

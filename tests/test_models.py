@@ -34,8 +34,11 @@ from tsa_lib.models import (
     available_presets,
     build_model,
     compute_fm_parallel,
-    load_model_config,
+    DataSizes,
+    ModelPreset,
+    load_model_preset,
     masked_gate_softmax,
+    model_config,
     model_config_from_dict,
 )
 
@@ -55,9 +58,17 @@ def _one_cpu_thread() -> Any:
 
 
 
+TINY_SIZES = DataSizes(n_cat_features=4, n_num_features=3, n_engineered=5, vocab_size=50, seq_len=8)
+
+
+def tiny_config(**changes: Any) -> ModelConfig:
+    """The tiny preset on tiny data (4 categorical, 3 numerical, 5 engineered, vocabulary 50, 7 past orders)."""
+    return model_config(load_model_preset("tiny").replace(**changes), TINY_SIZES)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> ModelConfig:
-    return load_model_config("tiny")
+    return tiny_config()
 
 
 def build(cfg: ModelConfig, seed: int = 0, train: bool = False) -> torch.nn.Module:
@@ -113,6 +124,54 @@ def assert_same_outputs(a: Any, b: Any) -> None:
     for k, v in a[2].items():
         if v is not None:
             assert torch.equal(v, b[2][k]), k
+
+
+def dense_moe_reference(moe: MixtureOfExperts, x2: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Every expert on every token ``[T, D]`` (from the stacked weights), combined with the
+    router's top-k weights; 0 for padded tokens (``valid`` False)."""
+    with torch.no_grad():
+        hid = torch.relu(torch.einsum("td,edh->teh", x2, moe.w1) + moe.b1)
+        dense = torch.einsum("teh,ehd->ted", hid, moe.w2) + moe.b2  # [T, E, D]
+        _, top_idx, top_w = moe.route(x2)
+        ref = (dense.gather(1, top_idx[..., None].expand(-1, -1, x2.shape[1])) * top_w[..., None]).sum(1)
+        return torch.where(valid[:, None], ref, 0.0)
+
+
+def moe_assignment_counts(moe: MixtureOfExperts, x: torch.Tensor,
+                          token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Assignments per expert ``[E]`` that ``moe`` makes for ``x`` (padded tokens excluded)."""
+    with torch.no_grad():
+        _, top_idx, _ = moe.route(x.reshape(-1, x.shape[-1]))
+        if token_mask is not None:
+            top_idx = top_idx[token_mask.reshape(-1)]
+        return torch.bincount(top_idx.reshape(-1), minlength=moe.num_experts)
+
+
+class PerExpertLoopMoE(torch.nn.Module):
+    """Reference MoE in the per-expert layout: a list of ``Linear -> ReLU -> Dropout -> Linear``
+    experts, each applied to the tokens routed to it, outputs summed with the top-k weights."""
+
+    def __init__(self, dim: int, num_experts: int, hidden_dim: int, top_k: int) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.experts = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(dim, hidden_dim), torch.nn.ReLU(), torch.nn.Dropout(0.0),
+                                torch.nn.Linear(hidden_dim, dim))
+            for _ in range(num_experts))
+        self.gate = torch.nn.Linear(dim, num_experts)
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(self.gate(x2).float(), dim=-1)
+        top_p, top_idx = probs.topk(self.top_k, dim=-1)
+        top_w = top_p / top_p.sum(dim=-1, keepdim=True) if self.top_k > 1 else top_p
+        valid = token_mask.reshape(-1) if token_mask is not None else torch.ones(len(x2), dtype=torch.bool)
+        out = torch.zeros_like(x2)
+        for e, expert in enumerate(self.experts):
+            for j in range(self.top_k):
+                sel = (top_idx[:, j] == e) & valid
+                out[sel] += top_w[sel, j, None] * expert(x2[sel])
+        return out.view(x.shape)
 
 
 # --------------------------------------------------------------------------- shapes
@@ -177,7 +236,7 @@ def test_padding_invariance(tiny: ModelConfig, model_type: str, num_embedding: s
 @given(lengths=st.lists(st.integers(0, 8), min_size=1, max_size=5), data_seed=st.integers(0, 2**16),
        use_moe=st.booleans())
 def test_padding_invariance_property(lengths: list[int], data_seed: int, use_moe: bool) -> None:
-    cfg = load_model_config("tiny").replace(use_moe=use_moe)
+    cfg = tiny_config(use_moe=use_moe)
     model = build(cfg)
     inputs = make_inputs(cfg, len(lengths), seed=data_seed, lengths=torch.tensor(lengths))
     changed = scramble_padding(inputs[:4], cfg.vocab_size, data_seed + 1) + inputs[4:]
@@ -321,10 +380,11 @@ def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, num
     b = 32
     inputs = make_inputs(cfg, b, seed=1)
     y = torch.randint(0, 2, (b,), generator=torch.Generator().manual_seed(0))
-    rows: dict[str, int] = {}
+    rows: dict[str, torch.Tensor] = {}  # MoE layer -> assignments per expert in this forward
     for name, mod in model.named_modules():
-        if name.endswith(tuple(f"ff.experts.{e}" for e in range(cfg.num_experts))):
-            mod.register_forward_hook(lambda m, i, o, name=name: rows.__setitem__(name, i[0].shape[0]))
+        if isinstance(mod, MixtureOfExperts):
+            mod.register_forward_hook(
+                lambda m, args, out, name=name: rows.__setitem__(name, moe_assignment_counts(m, *args)))
     scores, ens = model(*inputs)
     loss = F.cross_entropy(scores, y) + model.aux_loss
     loss.backward()
@@ -333,29 +393,38 @@ def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, num
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradient: {bad}"
     # Every parameter moves, with one documented exception: an expert the router sent no token
-    # in this batch gets an all-zero (not None) gradient.  That happens in the last layers, which
-    # run on the B readout tokens only (here 32), e.g. one of the card sequence's experts.
-    unrouted = {n for n, r in rows.items() if r == 0}
+    # in this batch gets an all-zero (not None) gradient slice of w1/b1/w2/b2.  That happens in
+    # the last layer of a stack, which runs on the B readout tokens only (here 32).
     n_moe_layers = cfg.n_layers_order * (2 if model_type == "two_seq" else 1) + cfg.n_layers_feature
-    assert len(rows) == n_moe_layers * cfg.num_experts
-    zero = [n for n, p in model.named_parameters()
-            if p.grad.abs().sum() == 0 and n.rsplit(".", 2)[0] not in unrouted]
+    assert len(rows) == n_moe_layers
+    expert_params = {f"{layer}.{p}" for layer in rows for p in ("w1", "b1", "w2", "b2")}
+    zero = [n for n, p in model.named_parameters() if n not in expert_params and p.grad.abs().sum() == 0]
     assert not zero, f"all-zero gradient: {zero}"
-    assert len(unrouted) <= 2, unrouted
+    for n in sorted(expert_params):
+        per_expert = model.get_parameter(n).grad.flatten(1).abs().sum(1)  # [E]
+        routed = rows[n.rsplit(".", 1)[0]] > 0
+        assert (per_expert[routed] > 0).all(), (n, per_expert, routed)
+        assert torch.equal(per_expert[~routed], torch.zeros(int((~routed).sum()))), (n, per_expert, routed)
+    unrouted = sorted(layer for layer, r in rows.items() if (r == 0).any())
+    last = {f"layer_stack.{cfg.n_layers_order - 1}.ff", f"layer_stack_feature.{cfg.n_layers_feature - 1}.ff"}
+    assert all(layer.split(".", 1)[1] in last for layer in unrouted), unrouted
     # the padding row of the shared table never learns
     assert torch.equal(model.embedding.weight.grad[0], torch.zeros(cfg.dim_embed))
 
 
-def test_unrouted_expert_gets_zero_not_none_gradient() -> None:
+@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+def test_unrouted_expert_gets_zero_not_none_gradient(dispatch: str) -> None:
     torch.manual_seed(0)
-    moe = MixtureOfExperts(8, 3, 16, top_k=1)
+    moe = MixtureOfExperts(8, 3, 16, top_k=1, dispatch=dispatch)
     with torch.no_grad():  # route everything to expert 0
         moe.gate.weight.zero_()
         moe.gate.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
-    out, aux = moe(torch.randn(10, 8))
+    out, aux = moe(torch.randn(10, 8), torch.tensor([True] * 8 + [False] * 2))
     (out.sum() + aux).backward()
-    for p in moe.experts[1].parameters():
-        assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p))
+    for p in (moe.w1, moe.b1, moe.w2, moe.b2):
+        assert p.grad is not None
+        assert torch.equal(p.grad[1:], torch.zeros_like(p[1:]))
+        assert p.grad[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("model_type", ["single_seq", "two_seq"])
@@ -391,32 +460,36 @@ def test_gradient_checkpointing_same_loss_and_grads(tiny: ModelConfig, model_typ
 # --------------------------------------------------------------------------- components
 
 
-def test_moe_routes_each_token_to_exactly_k_experts_and_computes_only_those() -> None:
+def test_moe_routes_each_token_to_exactly_k_experts_and_computes_only_those(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     n_exp, k, d = 4, 2, 8
-    moe = MixtureOfExperts(d, n_exp, 16, top_k=k).eval()
+    moe = MixtureOfExperts(d, n_exp, 16, top_k=k, dispatch="grouped_mm").eval()
     x = torch.randn(3, 10, d)
     mask = torch.rand(3, 10, generator=torch.Generator().manual_seed(1)) > 0.3
-    rows: dict[int, list[int]] = {e: [] for e in range(n_exp)}
-    hooks = [ex.register_forward_hook(lambda mod, inp, out, e=e: rows[e].append(inp[0].shape[0]))
-             for e, ex in enumerate(moe.experts)]
+    calls: list[tuple[int, list[int]]] = []  # (rows given, per-expert end offsets) per grouped GEMM
+    grouped_mm = torch._grouped_mm
+
+    def recording(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        assert offs.dtype == torch.int32 and offs.device == a.device
+        calls.append((a.shape[0], offs.tolist()))
+        return grouped_mm(a, b, offs=offs)
+
+    monkeypatch.setattr(torch, "_grouped_mm", recording)
     out, aux = moe(x, mask)
-    for h in hooks:
-        h.remove()
+    monkeypatch.undo()
 
     x2, valid = x.reshape(-1, d), mask.reshape(-1)
     probs, top_idx, top_w = moe.route(x2)
     assert top_idx.shape == (30, k) and (top_idx[:, 0] != top_idx[:, 1]).all()
     expected = torch.bincount(top_idx[valid].reshape(-1), minlength=n_exp)
-    assert all(len(rows[e]) == 1 for e in rows)  # each expert called once per forward
-    assert [rows[e][0] for e in range(n_exp)] == expected.tolist()
-    assert sum(r[0] for r in rows.values()) == k * int(valid.sum())  # not n_exp * tokens
+    # two GEMMs (up, down), each over the T*k sorted rows; the groups cover k rows per valid
+    # token, so padded tokens' rows (past the last offset) are not computed
+    assert calls == [(30 * k, expected.cumsum(0).tolist())] * 2
+    assert calls[0][1][-1] == k * int(valid.sum())
 
     # equals the dense reference: sum over the chosen experts of weight * expert(x); 0 for padding
-    with torch.no_grad():
-        dense = torch.stack([ex(x2) for ex in moe.experts], dim=1)  # [T, E, D]
-        ref = (dense.gather(1, top_idx[..., None].expand(-1, -1, d)) * top_w[..., None]).sum(1)
-        ref[~valid] = 0.0
+    ref = dense_moe_reference(moe, x2, valid)
     torch.testing.assert_close(out.reshape(-1, d), ref, atol=1e-6, rtol=1e-5)
     assert torch.allclose(top_w.sum(-1), torch.ones(30))
 
@@ -431,6 +504,219 @@ def test_moe_top1_uses_raw_router_probability() -> None:
     moe = MixtureOfExperts(4, 3, 8, top_k=1)
     probs, idx, w = moe.route(torch.randn(5, 4))
     assert torch.equal(w[:, 0], probs.gather(1, idx)[:, 0])
+
+
+MOE_SIZES = [(8, 16), (6, 10)]  # (D, H): aligned for grouped_mm at fp32 and bf16; not aligned at either
+
+
+@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dim, hidden", MOE_SIZES)
+def test_moe_equals_dense_reference(dispatch: str, top_k: int, masked: bool, dim: int, hidden: int) -> None:
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim, 4, hidden, top_k=top_k, dispatch=dispatch).eval()
+    x = torch.randn(5, 7, dim)
+    mask = torch.rand(5, 7, generator=torch.Generator().manual_seed(1)) > 0.4 if masked else None
+    out, aux = moe(x, mask)
+    valid = mask.reshape(-1) if mask is not None else torch.ones(35, dtype=torch.bool)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out.reshape(-1, dim), dense_moe_reference(moe, x.reshape(-1, dim), valid),
+                               atol=1e-5, rtol=1e-5)
+    if mask is not None:
+        assert torch.equal(out[~mask], torch.zeros(int((~mask).sum()), dim))
+
+
+@pytest.mark.parametrize("dim, hidden", MOE_SIZES)
+def test_moe_bmm_fallback_equals_grouped_mm(dim: int, hidden: int) -> None:
+    """Same outputs, aux loss and gradients (input and every parameter) from both expert kernels."""
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim, 5, hidden, top_k=2)  # training mode, dropout 0
+    x = torch.randn(4, 9, dim)
+    mask = torch.rand(4, 9, generator=torch.Generator().manual_seed(2)) > 0.3
+    results = []
+    for dispatch in ("grouped_mm", "bmm"):
+        moe.dispatch = dispatch
+        moe.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, aux = moe(xg, mask)
+        (out.square().sum() + aux).backward()
+        results.append([out, aux, xg.grad] + [p.grad.clone() for p in moe.parameters()])
+    for a, b in zip(*results):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_moe_rows_past_the_last_offset_never_leak(monkeypatch: pytest.MonkeyPatch, dropout: float) -> None:
+    """``torch._grouped_mm`` leaves the rows past the last offset (padded tokens) uninitialised,
+    in its output and in its input gradient.  With NaN written there, every output and gradient
+    stays finite and (without dropout) equals the bmm path's."""
+    grouped_mm = torch._grouped_mm
+
+    class Poisoned(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(a, b, offs)
+            out = grouped_mm(a, b, offs=offs)
+            out[int(offs[-1]):] = float("nan")
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+            a, b, offs = ctx.saved_tensors
+            with torch.enable_grad():
+                a_, b_ = a.detach().requires_grad_(), b.detach().requires_grad_()
+                ga, gb = torch.autograd.grad(grouped_mm(a_, b_, offs=offs), (a_, b_), g)
+            ga = ga.clone()
+            ga[int(offs[-1]):] = float("nan")
+            return ga, gb, None
+
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(6, 4, 10, top_k=2, dropout=dropout)
+    x = torch.randn(4, 9, 6)
+    mask = torch.rand(4, 9, generator=torch.Generator().manual_seed(2)) > 0.5
+    results = []
+    for dispatch in ("grouped_mm", "bmm"):
+        moe.dispatch = dispatch
+        moe.zero_grad()
+        xg = x.clone().requires_grad_()
+        with monkeypatch.context() as mp:
+            mp.setattr(torch, "_grouped_mm", lambda a, b, offs: Poisoned.apply(a, b, offs))
+            out, aux = moe(xg, mask)
+            (out.square().sum() + aux).backward()
+        results.append([out, aux, xg.grad] + [p.grad.clone() for p in moe.parameters()])
+        assert all(torch.isfinite(t).all() for t in results[-1]), dispatch
+        assert torch.equal(out[~mask], torch.zeros(int((~mask).sum()), 6))
+        assert torch.equal(xg.grad[~mask], torch.zeros(int((~mask).sum()), 6))
+    if dropout == 0.0:
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+@pytest.mark.parametrize("dim, hidden", MOE_SIZES)
+def test_moe_autocast_bf16_agrees_with_fp32(dispatch: str, dim: int, hidden: int) -> None:
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(dim, 4, hidden, top_k=2, dispatch=dispatch)
+    x = torch.randn(64, dim)
+    mask = torch.rand(64, generator=torch.Generator().manual_seed(3)) > 0.25
+    ref, ref_aux = moe(x, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, aux = moe(x, mask)
+    (out.square().sum() + aux).backward()
+    assert out.dtype == torch.float32 and torch.equal(out[~mask], torch.zeros(int((~mask).sum()), dim))
+    # tokens whose bf16 router picks other experts (near ties) are left out of the comparison
+    _, idx32, _ = moe.route(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, idx16, _ = moe.route(x)
+    agree = (idx32.sort(-1).values == idx16.sort(-1).values).all(-1)
+    assert agree.float().mean() > 0.9, agree.float().mean()
+    torch.testing.assert_close(out[agree], ref.detach()[agree], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(aux, ref_aux, atol=0.05, rtol=0.05)
+    for p in moe.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+def test_moe_empty_and_fully_padded_inputs(dispatch: str) -> None:
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(8, 3, 16, top_k=2, dispatch=dispatch)
+    for x, mask in ((torch.randn(0, 8), None), (torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.bool))):
+        moe.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, aux = moe(xg, mask)
+        (out.sum() + aux).backward()
+        assert torch.equal(out, torch.zeros_like(x)) and float(aux.detach()) == 0.0
+        assert torch.equal(xg.grad, torch.zeros_like(x))
+        for p in (moe.w1, moe.b1, moe.w2, moe.b2):
+            assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p))
+
+
+def test_moe_rejects_unknown_dispatch() -> None:
+    with pytest.raises(ValueError, match="dispatch: must be one of .*got 'loop'"):
+        MixtureOfExperts(8, 3, 16, dispatch="loop")
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_moe_loads_per_expert_state_dict(top_k: int, tmp_path: Path) -> None:
+    """Old per-expert keys (``experts.{e}.0.weight`` ...) load into the stacked layout."""
+    from safetensors.torch import load_model, save_file
+
+    dim, n_exp, hidden = 6, 4, 10
+    torch.manual_seed(3)
+    ref = PerExpertLoopMoE(dim, n_exp, hidden, top_k).eval()
+    torch.manual_seed(3)
+    fresh = MixtureOfExperts(dim, n_exp, hidden, top_k)
+    moe = MixtureOfExperts(dim, n_exp, hidden, top_k).eval()
+    moe.load_state_dict(ref.state_dict())  # strict
+    assert set(moe.state_dict()) == {"w1", "b1", "w2", "b2", "gate.weight", "gate.bias"}
+    # initialisation: nn.Linear's, in the same random stream as per-expert nn.Linear layers
+    for name, t in fresh.state_dict().items():
+        assert torch.equal(t, moe.state_dict()[name]), name
+    x = torch.randn(4, 6, dim)
+    mask = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) > 0.3
+    for m in (None, mask):
+        torch.testing.assert_close(moe(x, m)[0], ref(x, m), atol=1e-5, rtol=1e-5)
+
+    # nested under a prefix and through safetensors (the artifact loader's path)
+    save_file({f"ff.{k}": v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "old.safetensors"))
+    holder = torch.nn.ModuleDict({"ff": MixtureOfExperts(dim, n_exp, hidden, top_k)}).eval()
+    load_model(holder, str(tmp_path / "old.safetensors"), strict=True)
+    torch.testing.assert_close(holder["ff"](x, mask)[0], ref(x, mask), atol=1e-5, rtol=1e-5)
+
+    # a different number of experts is not converted: the keys are reported
+    with pytest.raises(RuntimeError, match=r"(?s)Missing key.*w1.*Unexpected key.*experts\.0\.0\.weight"):
+        MixtureOfExperts(dim, n_exp + 1, hidden, top_k).load_state_dict(ref.state_dict())
+
+
+@pytest.mark.parametrize("model_type", ["single_seq", "two_seq"])
+def test_model_loads_per_expert_state_dict(tiny: ModelConfig, model_type: str) -> None:
+    cfg = tiny.replace(model_type=model_type, use_moe=True)
+    model = build(cfg)
+    old: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        layer, _, leaf = name.rpartition(".")
+        if leaf in ("w1", "b1", "w2", "b2") and isinstance(model.get_submodule(layer), MixtureOfExperts):
+            index, part = {"w1": ("0", "weight"), "b1": ("0", "bias"), "w2": ("3", "weight"),
+                           "b2": ("3", "bias")}[leaf]
+            for e in range(t.shape[0]):
+                old[f"{layer}.experts.{e}.{index}.{part}"] = t[e].T if part == "weight" else t[e]
+        else:
+            old[name] = t
+    other = build(cfg, seed=99)
+    other.load_state_dict(old)
+    inputs = make_inputs(cfg, 4)
+    assert_same_outputs(run(model, inputs), run(other, inputs))
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.skipif(
+        os.environ.get("TSA_SLOW_TESTS") != "1", reason="set TSA_SLOW_TESTS=1 (torch.compile on CPU)")]),
+])
+def test_moe_compiles_to_one_graph(backend: str) -> None:
+    """fullgraph: no graph break; a new routing of the same shapes does not recompile."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(8, 4, 16, top_k=2)  # training mode, dropout 0
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(moe, fullgraph=True, backend=counter)
+    mask = torch.rand(3, 10, generator=torch.Generator().manual_seed(1)) > 0.3
+    for seed, m in ((0, None), (1, None), (0, mask), (1, mask)):
+        x = torch.randn(3, 10, 8, generator=torch.Generator().manual_seed(seed))
+        results = []
+        for fn in (moe, compiled):
+            moe.zero_grad()
+            xg = x.clone().requires_grad_()
+            out, aux = fn(xg, m)
+            (out.square().sum() + aux).backward()
+            results.append([out, aux, xg.grad] + [p.grad.clone() for p in moe.parameters()])
+        for a, b in zip(*results):
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 2  # one graph without a mask, one with
 
 
 def test_fm_equals_bruteforce_pairwise() -> None:
@@ -520,26 +806,37 @@ def test_learns_planted_sequential_pattern(tiny: ModelConfig) -> None:
 # --------------------------------------------------------------------------- configs / presets
 
 
-def test_presets_load_and_build() -> None:
+def test_presets_hold_the_architecture_and_the_data_gives_the_sizes(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     assert {"tiny", "small", "seed"} <= set(available_presets())
-    seed = load_model_config("seed")
-    assert (seed.n_cat_features, seed.n_num_features, seed.n_engineered) == (20, 15, 100)
+    seed = load_model_preset("seed")
+    assert type(seed) is ModelPreset and not hasattr(seed, "seq_len")
     assert (seed.dim_embed, seed.num_heads, seed.n_layers_order, seed.n_layers_feature) == (128, 8, 2, 2)
-    assert seed.seq_len == 51 and seed.use_moe and seed.num_experts == 5
-    small = load_model_config("small")
-    assert small.seq_len == 21 and small.dim_embed == 32 and small.num_heads == 4 and small.members == 3
-    tiny = load_model_config("tiny")
-    assert tiny.dim_embed == 16 and tiny.seq_len == 8
-    for cfg in (tiny, small):
-        assert model_config_from_dict(to_dict(cfg)) == cfg and cfg.hash == model_config_from_dict(cfg.to_dict()).hash
-        assert build_model(cfg).config is cfg
-    # the data side overrides counts from the data; validation runs again
-    cfg = small.replace(n_cat_features=7, vocab_size=123)
+    assert seed.use_moe and seed.num_experts == 5
+    small = load_model_preset("small")
+    assert small.dim_embed == 32 and small.num_heads == 4 and small.members == 3
+    sizes = DataSizes(n_cat_features=7, n_num_features=2, n_engineered=0, vocab_size=123, seq_len=21)
+    cfg = model_config(small, sizes)
+    assert cfg.sizes() == sizes and cfg.preset() == small and cfg.dim_embed == 32
     assert all(m.embedding.num_embeddings == 123 for m in build_model(cfg).members)
-    with pytest.raises(ConfigError, match="vocab_size"):
-        small.replace(vocab_size=0)
-    # a preset by path works too
-    assert load_model_config(Path(__file__).resolve().parents[1] / "tsa_lib/models/presets/tiny.yaml") == tiny
+    for c in (cfg, model_config(load_model_preset("tiny"), TINY_SIZES)):
+        assert model_config_from_dict(to_dict(c)) == c and c.hash == model_config_from_dict(c.to_dict()).hash
+        assert build_model(c).config is c
+    assert model_config(cfg, TINY_SIZES).sizes() == TINY_SIZES       # a bound config re-binds to other data
+    with pytest.raises(ConfigError, match="vocab_size: must be >= 3, got 0"):
+        cfg.replace(vocab_size=0)
+    with pytest.raises(ConfigError, match="seq_len: must be >= 1, got 0"):
+        DataSizes(n_cat_features=1, n_num_features=1, n_engineered=0, vocab_size=3, seq_len=0)
+    with pytest.raises(TypeError, match="expected a ModelConfig"):
+        build_model(small)  # type: ignore[arg-type]
+    # a preset by path works too; sizes written in an old preset file are dropped, with a warning
+    assert load_model_preset(Path(__file__).resolve().parents[1] / "tsa_lib/models/presets/tiny.yaml") == \
+        load_model_preset("tiny")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({**to_dict(small), "n_cat_features": 20, "vocab_size": 20000}))
+    with caplog.at_level("WARNING"):
+        assert load_model_preset(path) == small
+    assert "{'n_cat_features': 20, 'vocab_size': 20000} ignored" in caplog.text
 
 
 BAD_PRESETS = [
@@ -548,8 +845,6 @@ BAD_PRESETS = [
     ({"dropout": 1.5}, ["dropout"]),
     ({"dropout": -0.1}, ["dropout"]),
     ({"model_type": "three_seq"}, ["model_type", "three_seq"]),
-    ({"n_cat_features": 0}, ["n_cat_features"]),
-    ({"vocab_size": "big"}, ["vocab_size", "big"]),
     ({"use_time": "yes"}, ["use_time"]),
     ({"num_embedding": "log"}, ["num_embedding", "log"]),
     ({"members": 0}, ["members", "0"]),
@@ -557,44 +852,44 @@ BAD_PRESETS = [
     ({"members": False}, ["members", "False"]),
     ({"n_layers_order": 1.5}, ["n_layers_order"]),
     ({"dim_embeding": 16}, ["dim_embeding"]),
-    ({"seq_len": None}, ["seq_len"]),
 ]
 
 
 @pytest.mark.parametrize("changes,keys", BAD_PRESETS)
 def test_bad_preset_names_the_key(tmp_path: Path, changes: dict[str, Any], keys: list[str]) -> None:
-    data = to_dict(load_model_config("tiny"))
+    data = to_dict(load_model_preset("tiny"))
     data.update(changes)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as err:
-        load_model_config(path)
+        load_model_preset(path)
     msg = str(err.value)
     assert str(path) in msg
     for key in keys:
         assert key in msg, msg
 
 
-def test_missing_key_and_unknown_preset(tmp_path: Path) -> None:
-    data = to_dict(load_model_config("tiny"))
+def test_missing_size_unknown_preset_bad_yaml(tmp_path: Path) -> None:
+    data = to_dict(tiny_config())
     del data["vocab_size"]
-    path = tmp_path / "missing.yaml"
-    path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="vocab_size: required key is missing"):
-        load_model_config(path)
+        model_config_from_dict(data)                 # an artifact's stored config must hold the sizes
+    with pytest.raises(ConfigError, match="n_cat_features: expected an integer, got 'big'"):
+        model_config_from_dict({**to_dict(tiny_config()), "n_cat_features": "big"})
     with pytest.raises(ConfigError, match="no_such_preset.*available"):
-        load_model_config("no_such_preset")
+        load_model_preset("no_such_preset")
+    path = tmp_path / "bad.yaml"
     path.write_text("dim_embed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_model_config(path)
+        load_model_preset(path)
 
 
 def test_stored_config_from_before_the_removed_options() -> None:
     """An artifact's model_config.json written when time_bias, readout, count_pool and member_bagging
     existed: at their "off" values they load as today's config; any other value is refused by name."""
-    old = {**to_dict(load_model_config("tiny")),
+    old = {**to_dict(tiny_config()),
            "time_bias": False, "readout": "dummy", "count_pool": 0, "member_bagging": False}
-    assert model_config_from_dict(old) == load_model_config("tiny")
+    assert model_config_from_dict(old) == tiny_config()
     for key, value in (("time_bias", True), ("readout", "target"), ("count_pool", 16), ("count_pool", False),
                        ("member_bagging", True)):
         with pytest.raises(ConfigError, match=f"{key}: this option was removed.*got {value!r}"):

@@ -146,12 +146,12 @@ def test_training_night_examples_carry_the_labels_known_at_the_run_date(spark, n
 def _artifact(cfg: SuiteConfig, enc: Any, version: str, run_date: dt.date, seed: int, constant: bool = False) -> Path:
     import torch
 
-    from tsa_lib.models.config import load_model_config
+    from tsa_lib.models.config import load_model_preset, model_config
     from tsa_lib.models.factory import build_model
-    from tsa_lib.training.artifact import model_config_for, save_artifact
+    from tsa_lib.training.artifact import save_artifact
 
     torch.manual_seed(seed)
-    mcfg = model_config_for(load_model_config("tiny").replace(model_type="two_seq"), enc)
+    mcfg = model_config(load_model_preset("tiny").replace(model_type="two_seq"), enc)
     model = build_model(mcfg)
     if constant:   # every score 0.5: average precision is the share of fraud
         with torch.no_grad():

@@ -36,9 +36,9 @@ def test_presets_load_from_the_zipped_wheel_outside_the_checkout(wheel: Path, tm
     """As on an executor or a cluster driver: tsa_lib imported from the wheel itself (zipimport),
     the working directory elsewhere, no checkout on the path."""
     code = ("import json, tsa_lib\n"
-            "from tsa_lib.models.config import available_presets, load_model_config\n"
+            "from tsa_lib.models.config import available_presets, load_model_preset\n"
             "from tsa_lib.config import StorageConfig\n"
-            "cfg = load_model_config('seed')\n"
+            "cfg = load_model_preset('seed')\n"
             "print(json.dumps({'file': tsa_lib.__file__, 'presets': available_presets(), 'dim': cfg.dim_embed,\n"
             "                  'artifacts': str(StorageConfig().artifacts_path())}))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TSA_HOME")}

@@ -39,11 +39,11 @@ def _ctx(*dates: dt.date, run_id: str = "s1") -> RunContext:
 
 @pytest.fixture(scope="module")
 def scored(spark, write_orders, warehouse: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from tsa_lib.models.config import load_model_config
+    from tsa_lib.models.config import load_model_preset, model_config
     from tsa_lib.models.factory import build_model
     from tsa_lib.spark.build_sequences import run_build_sequences
     from tsa_lib.spark.encoders import fit_encoders
-    from tsa_lib.training.artifact import model_config_for, save_artifact
+    from tsa_lib.training.artifact import save_artifact
 
     src = write_orders(_rows(), warehouse / "score_input")
     cfg = SuiteConfig(input=InputConfig(transactions=TableSource(path=src)), columns=COLS,
@@ -59,7 +59,7 @@ def scored(spark, write_orders, warehouse: Path) -> dict[str, Any]:  # type: ign
     import torch
 
     torch.manual_seed(0)
-    mcfg = model_config_for(load_model_config("tiny").replace(model_type="two_seq"), enc)
+    mcfg = model_config(load_model_preset("tiny").replace(model_type="two_seq"), enc)
     art = save_artifact(cfg.storage.artifacts_path("models/scorer") / "v1", build_model(mcfg), mcfg, enc, {},
                         {"model_name": "scorer", "version": "v1"})
     from tsa_lib.scoring.job import run_scoring

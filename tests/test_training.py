@@ -204,12 +204,12 @@ def test_rank_shards_partition_the_window(setup: dict[str, Any]) -> None:
 def test_member_average_torchrun(setup: dict[str, Any], tmp_path: Path) -> None:
     """A ``members: 2`` preset through the real 2-rank job: ranks in sync, the artifact loads as the
     member average, and the pair learns the planted pattern."""
-    from tsa_lib.models.config import load_model_config
+    from tsa_lib.models.config import load_model_preset
     from tsa_lib.models.members import MemberAverage
     from tsa_lib.training.artifact import load_artifact
 
     preset = tmp_path / "tiny_x2.yaml"
-    preset.write_text(yaml.safe_dump({**load_model_config("tiny").to_dict(), "members": 2}))
+    preset.write_text(yaml.safe_dump({**load_model_preset("tiny").to_dict(), "members": 2}))
     base = yaml.safe_load(setup["cfg"].read_text())
     base["training"].update(model_preset=str(preset), model_name="t2")
     cfg = setup["root"] / "train_members.yaml"
@@ -327,10 +327,10 @@ def test_load_training_data_streams_what_does_not_fit(setup: dict[str, Any]) -> 
 # ---- the training loop: no host sync inside a step; exact mid-epoch resume with dropout, streamed ------------
 
 def _preset(tmp: Path, **changes: Any) -> Path:
-    from tsa_lib.models.config import load_model_config
+    from tsa_lib.models.config import load_model_preset
 
     path = tmp / f"tiny-{abs(hash(json.dumps(changes, sort_keys=True)))}.yaml"
-    path.write_text(yaml.safe_dump({**load_model_config("tiny").to_dict(), **changes}))
+    path.write_text(yaml.safe_dump({**load_model_preset("tiny").to_dict(), **changes}))
     return path
 
 

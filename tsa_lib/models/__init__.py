@@ -2,8 +2,8 @@
 
 Public API::
 
-    from tsa_lib.models import load_model_config, build_model
-    cfg = load_model_config("small").replace(n_cat_features=..., vocab_size=...)
+    from tsa_lib.models import build_model, load_model_preset, model_config
+    cfg = model_config(load_model_preset("small"), encoders)   # or DataSizes(n_cat_features=..., ...)
     model = build_model(cfg)          # MemberAverage of cfg.members classifiers when members > 1
     scores, ensemble = model(x_cat, x_num, time_seq, mask, x_engineered)
     loss = model.training_loss(scores, y, class_weight)   # cross-entropy (per member) + aux_loss
@@ -12,9 +12,12 @@ Public API::
 from tsa_lib.models.config import (
     MODEL_TYPES,
     PRESETS,
+    DataSizes,
     ModelConfig,
+    ModelPreset,
     available_presets,
-    load_model_config,
+    load_model_preset,
+    model_config,
     model_config_from_dict,
 )
 from tsa_lib.models.factory import TSAModel, build_model, count_parameters
@@ -42,9 +45,12 @@ from tsa_lib.models.two_seq_moe_order_feature_attention_classifier import (
 __all__ = [
     "MODEL_TYPES",
     "PRESETS",
+    "DataSizes",
     "ModelConfig",
+    "ModelPreset",
     "available_presets",
-    "load_model_config",
+    "load_model_preset",
+    "model_config",
     "model_config_from_dict",
     "build_model",
     "TSAModel",

@@ -1,18 +1,17 @@
-"""The model's typed configuration (``ModelConfig``) and its YAML presets.
+"""The model's typed configuration: an architecture preset (``ModelPreset``) combined with the
+data's sizes (``DataSizes``) into the ``ModelConfig`` the layers and classifiers take.
 
 Presets live in ``tsa_lib/models/presets/<name>.yaml`` (package data: the wheel that runs
-on clusters carries them):
+on clusters carries them) and hold the architecture only:
 
-- ``tiny``:  tests (4 categorical, 3 numerical, 5 engineered, dim 16, seq_len 8);
-- ``small``: the CPU demo (matches ``conf/local.yaml``: 4 categorical, 3 numerical,
-  6 engineered, 20 past orders + the order itself);
-- ``seed``:  the seed design's values (20/15/100 features, dim 128, 8 heads,
-  2 + 2 layers, seq_len 51, MoE with 5 experts).
+- ``tiny``:  tests (dim 16, every branch on);
+- ``small``: the CPU demo (two sequences, dim 32, 3 members);
+- ``seed``:  the seed design's values (dim 128, 8 heads, 2 + 2 layers, MoE with 5 experts).
 
-The data side learns the feature counts and the vocabulary size from the data;
-it overrides them with ``dataclasses.replace(cfg, n_cat_features=..., ...)`` (or
-``cfg.replace(...)``), which re-runs the validation.  The config is stored inside
-every artifact as ``to_dict(cfg)`` and rebuilt with ``model_config_from_dict``.
+The sizes (categorical/numerical/engineered feature counts, vocabulary size, sequence length)
+come from the data: ``model_config(preset, encoders)`` is the one place the two meet.  The
+config is stored inside every artifact as ``to_dict(cfg)`` and rebuilt with
+``model_config_from_dict``.
 """
 
 from __future__ import annotations
@@ -43,11 +42,15 @@ PRESETS = "tsa_lib.models.presets"   # the package whose *.yaml files are the pr
 MODEL_TYPES = ("single_seq", "two_seq")
 
 __all__ = [
+    "DataSizes",
     "ModelConfig",
+    "ModelPreset",
     "PRESETS",
     "MODEL_TYPES",
+    "SIZE_KEYS",
     "available_presets",
-    "load_model_config",
+    "load_model_preset",
+    "model_config",
     "model_config_from_dict",
 ]
 
@@ -67,21 +70,15 @@ def _check_bool(key: str, value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Hyper-parameters of the TSA classifiers (both variants).
+class DataSizes:
+    """What the data decides about the model.
 
-    Data-dependent fields (no defaults, every preset states them):
-
-    - ``n_cat_features``: categorical columns per order; their values share ONE
-      index space of size ``vocab_size`` (the data side offsets each column), with
-      0 = padding and 1 = unknown;
+    - ``n_cat_features``: categorical columns per order; their values share ONE index space of
+      size ``vocab_size`` (the data side offsets each column), with 0 = padding and 1 = unknown;
     - ``n_num_features``: numerical columns per order;
     - ``n_engineered``: static engineered features of the target order (may be 0);
     - ``vocab_size``: rows of the shared categorical embedding table;
     - ``seq_len``: L = history length + 1 (the target order is the last element).
-
-    ``moe_aux_weight`` scales the Switch load-balancing loss the model reports as
-    ``aux_loss`` (already weighted: the trainer adds it to the classification loss).
     """
 
     n_cat_features: int
@@ -89,6 +86,32 @@ class ModelConfig:
     n_engineered: int
     vocab_size: int
     seq_len: int
+
+    def __post_init__(self) -> None:
+        _check_int("n_cat_features", self.n_cat_features, 1)
+        _check_int("n_num_features", self.n_num_features, 1)
+        _check_int("n_engineered", self.n_engineered, 0)
+        _check_int("vocab_size", self.vocab_size, 3)
+        _check_int("seq_len", self.seq_len, 1)
+
+    @classmethod
+    def of(cls, encoders: Any) -> "DataSizes":
+        """The sizes fitted encoders (``tsa_lib.features.encoders.Encoders``) produce."""
+        return cls(n_cat_features=len(encoders.cat_inputs), n_num_features=len(encoders.num_inputs),
+                   n_engineered=len(encoders.engineered), vocab_size=encoders.vocab_size, seq_len=encoders.seq_len)
+
+
+SIZE_KEYS = tuple(f.name for f in dataclasses.fields(DataSizes))
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """The architecture of the TSA classifiers (both variants): what a preset holds.
+
+    ``moe_aux_weight`` scales the Switch load-balancing loss the model reports as
+    ``aux_loss`` (already weighted: the trainer adds it to the classification loss).
+    """
+
     model_type: Literal["single_seq", "two_seq"] = "single_seq"
     dim_embed: int = 128
     num_heads: int = 8
@@ -118,11 +141,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_choice("model_type", self.model_type, MODEL_TYPES)
         check_choice("num_embedding", self.num_embedding, ("linear", "periodic"))
-        _check_int("n_cat_features", self.n_cat_features, 1)
-        _check_int("n_num_features", self.n_num_features, 1)
-        _check_int("n_engineered", self.n_engineered, 0)
-        _check_int("vocab_size", self.vocab_size, 3)
-        _check_int("seq_len", self.seq_len, 1)
         _check_int("dim_embed", self.dim_embed, 1)
         _check_int("num_heads", self.num_heads, 1)
         if self.dim_embed % self.num_heads:
@@ -157,12 +175,40 @@ class ModelConfig:
     def hash(self) -> str:
         return config_hash(self)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> Any:
         """``dataclasses.replace`` (validation runs again)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+    def preset(self) -> "ModelPreset":
+        """The architecture alone."""
+        return ModelPreset(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelPreset)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelPreset):
+    """A preset bound to the data's sizes (``DataSizes``): what the layers and classifiers take."""
+
+    n_cat_features: int
+    n_num_features: int
+    n_engineered: int
+    vocab_size: int
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sizes()
+
+    def sizes(self) -> DataSizes:
+        return DataSizes(**{k: getattr(self, k) for k in SIZE_KEYS})
+
+
+def model_config(preset: ModelPreset, data: Any) -> ModelConfig:
+    """The model config of ``preset`` for ``data``: ``DataSizes``, or fitted encoders (their sizes)."""
+    sizes = data if isinstance(data, DataSizes) else DataSizes.of(data)
+    return ModelConfig(**to_dict(preset.preset()), **dataclasses.asdict(sizes))
 
 
 # Experiment options that were removed (no measured gain), with the value that meant "off".
@@ -172,7 +218,12 @@ _REMOVED_KEYS: dict[str, Any] = {"time_bias": False, "readout": "dummy", "count_
 
 
 def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
-    """Build a ``ModelConfig`` from plain data; unknown keys and bad values raise ``ConfigError``."""
+    """Build a ``ModelConfig`` from plain data (an artifact's ``model_config.json``); unknown keys,
+    missing sizes and bad values raise ``ConfigError``."""
+    return from_dict(ModelConfig, _without_removed(data))
+
+
+def _without_removed(data: Any) -> Any:
     if isinstance(data, Mapping) and any(k in data for k in _REMOVED_KEYS):
         data = dict(data)
         for key, off in _REMOVED_KEYS.items():
@@ -181,7 +232,7 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
                 if type(value) is not type(off) or value != off:
                     raise ConfigError(f"{key}: this option was removed (it measured no gain); a stored config "
                                       f"may only hold {key}: {off!r}, got {value!r}")
-    return from_dict(ModelConfig, data)
+    return data
 
 
 def _presets() -> "importlib.resources.abc.Traversable":
@@ -193,9 +244,10 @@ def available_presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in _presets().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_model_config(path_or_name: str | Path) -> ModelConfig:
+def load_model_preset(path_or_name: str | Path) -> ModelPreset:
     """Load and validate a model preset: a shipped preset's name (``tiny``, ``small``, ``seed``) or a
-    YAML/JSON file path.
+    YAML/JSON file path.  Data sizes in the file (``n_cat_features`` ...) are ignored with a warning:
+    they come from the encoders.
 
     Errors are ``ConfigError`` naming the file and the offending key(s).
     """
@@ -213,8 +265,13 @@ def load_model_config(path_or_name: str | Path) -> ModelConfig:
             data = yaml.safe_load(res.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"model preset {path!r} is not valid YAML: {e}") from e
+    if isinstance(data, Mapping) and any(k in data for k in SIZE_KEYS):
+        data = dict(data)
+        dropped = {k: data.pop(k) for k in SIZE_KEYS if k in data}
+        log.warning("model preset %s: %s ignored; a preset holds the architecture, the sizes come from the "
+                    "encoders", path, dropped)
     try:
-        cfg = model_config_from_dict(data)
+        cfg = from_dict(ModelPreset, _without_removed(data))
     except ConfigError as e:
         raise ConfigError(f"model preset {str(path)!r}: {e}") from e
     log.info("loaded model preset %s (hash %s)", path, cfg.hash)

@@ -1,14 +1,13 @@
-"""``build_model``: a validated ``ModelConfig`` (or a preset name/path) -> the TSA classifier."""
+"""``build_model``: a validated ``ModelConfig`` -> the TSA classifier."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Union
 
 from torch import nn
 
-from tsa_lib.models.config import ModelConfig, load_model_config
+from tsa_lib.models.config import ModelConfig
 from tsa_lib.models.members import MemberAverage
 from tsa_lib.models.order_feature_attention_classifier import OrderFeatureAttentionClassifier, TSAClassifierBase
 from tsa_lib.models.two_seq_moe_order_feature_attention_classifier import TwoSeqMoEOrderFeatureAttentionClassifier
@@ -25,11 +24,11 @@ _MODELS: dict[str, type[TSAClassifierBase]] = {
 }
 
 
-def build_model(cfg: Union[ModelConfig, str, Path]) -> TSAModel:
+def build_model(cfg: ModelConfig) -> TSAModel:
     """Build the classifier ``cfg.model_type`` names (the mean of ``cfg.members`` of them when
-    ``members`` > 1); a str/Path is loaded as a preset first."""
+    ``members`` > 1)."""
     if not isinstance(cfg, ModelConfig):
-        cfg = load_model_config(cfg)
+        raise TypeError(f"build_model: expected a ModelConfig (model_config(preset, encoders)), got {cfg!r}")
     cls = _MODELS[cfg.model_type]
     model: TSAModel = MemberAverage(cfg, cls) if cfg.members > 1 else cls(cfg)
     log.info("built %s (%s parameters, config hash %s)", type(model).__name__, count_parameters(model), cfg.hash)

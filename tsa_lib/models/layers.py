@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -168,15 +168,53 @@ class MixtureOfExperts(nn.Module):
 
     Each (valid) token is routed to its ``top_k`` experts by a linear router;
     the expert outputs are combined with the router probabilities (renormalised
-    over the chosen experts when ``top_k > 1``).  Only the selected experts run on
-    a token: assignments are sorted by expert, each expert gets the gathered
-    rows of its tokens, and the weighted outputs are ``index_add``-ed back.
+    over the chosen experts when ``top_k > 1``).  Expert ``e`` is
+    ``Linear(D, H) -> ReLU -> Dropout -> Linear(H, D)`` with its weights stored
+    stacked over the experts: ``w1 [E, D, H]``, ``b1 [E, H]``, ``w2 [E, H, D]``,
+    ``b2 [E, D]`` (``x @ w1[e] + b1[e]``, i.e. the transposes of ``nn.Linear``
+    weights).  State dicts in the per-expert layout
+    (``experts.{e}.0.weight [H, D]``, ``.0.bias``, ``.3.weight [D, H]``, ``.3.bias``)
+    are converted when loaded.
 
-    Every expert is called on every forward, with zero rows when it received no
-    token: its parameters then get zero (not None) gradients, so DDP needs no
-    ``find_unused_parameters``.  The dispatch costs one host sync per call (the
-    per-expert counts) and runs eagerly under ``torch.compile`` (the router and
-    the loss are compiled; see ``_dispatch``).
+    Dispatch has no Python loop over experts, no host sync and no data-dependent
+    shape, so the whole module compiles into one graph (``fullgraph=True``):
+    the ``T * k`` assignments are sorted by expert (stable; padded tokens'
+    assignments go to a bucket ``E`` after the real experts), the rows are
+    gathered in that order and run through the experts (less ``b2``), each
+    output times its routing weight is written back to its assignment slot (the
+    inverse permutation), a token's ``k`` slots are summed, and ``b2`` is added
+    per token as ``W @ b2`` (``W [T, E]``: the routing weights, 0 for padded
+    tokens).  Two kernels compute the experts on the sorted rows (``dispatch``):
+
+    - ``"grouped_mm"``: ``torch._grouped_mm`` with per-expert end offsets (a device
+      tensor, ``int32``), so each row is multiplied by its own expert's weights
+      only; ``b1`` is a row of the first GEMM's weights, against a column of ones
+      appended to the input.  Rows past the last offset (padded tokens) are not
+      written by the kernel and hold uninitialised memory (NaN or inf included),
+      as do their input gradients in the backward; ``torch.where`` (not a product
+      with 0) on the gathered input and on the expert output keeps them out of
+      the result and of every gradient (the GEMMs themselves skip those rows).
+      Each operand needs a 16-byte aligned data pointer, one of its two inner
+      dimensions contiguous and the other's stride a multiple of 16 bytes
+      (``D + 1``, ``H`` and ``D`` rounded up to multiples of 4 in fp32, of 8 in
+      bf16/fp16, here): the input columns and the weights are padded with zeros
+      inside the computation, which adds exact zeros only.
+    - ``"bmm"``: ``torch.baddbmm`` over a zero-filled ``[E, T, .]`` buffer in which
+      each expert's rows are packed at the front (capacity ``T``: top-k experts
+      are distinct, so an expert receives a token at most once; no token is
+      dropped).  It computes ``E * T`` rows instead of ``k * T``; it is the path
+      where ``torch._grouped_mm`` is absent or would not run natively.
+    - ``"auto"`` (default): ``"grouped_mm"`` where ``grouped_mm_is_native`` says
+      so, else ``"bmm"``.  An empty input always takes ``"bmm"``.
+
+    Under autocast the experts run at the autocast dtype (weights and biases are
+    cast to it; ``torch._grouped_mm`` is not covered by autocast); the weighted
+    sum over a token's experts is done at fp32 (the router weights' dtype) and
+    the output has the dtype of ``x``.
+
+    Every expert parameter gets a gradient on every backward: an expert that
+    received no token gets an all-zero slice of ``w1``/``b1``/``w2``/``b2``
+    (not None), so DDP needs no ``find_unused_parameters``.
 
     ``forward(x, token_mask=None) -> (out, aux_loss)``: ``x`` ``[..., D]``;
     ``token_mask`` (bool, ``x.shape[:-1]``, True = real token) excludes padded
@@ -186,20 +224,70 @@ class MixtureOfExperts(nn.Module):
     probability of ``e`` over valid tokens; it is 1.0 under perfect balance.
     """
 
+    DISPATCH_MODES: ClassVar[tuple[str, ...]] = ("auto", "grouped_mm", "bmm")
+    #: ``torch._grouped_mm``: each operand's data pointer and the stride of its
+    #: non-contiguous inner dimension must be multiples of this many bytes.
+    GROUPED_MM_ALIGN_BYTES: ClassVar[int] = 16
+
     def __init__(self, dim: int, num_experts: int, hidden_dim: int, top_k: int = 2,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, dispatch: str = "auto") -> None:
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k: must be in [1, num_experts={num_experts}], got {top_k!r}")
+        if dispatch not in self.DISPATCH_MODES:
+            raise ValueError(f"dispatch: must be one of {self.DISPATCH_MODES}, got {dispatch!r}")
         self.dim = dim
+        self.hidden_dim = hidden_dim
         self.num_experts = num_experts
         self.top_k = top_k
-        self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
-                          nn.Linear(hidden_dim, dim))
-            for _ in range(num_experts)
-        )
+        self.dispatch = dispatch
+        self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
+        self.b1 = nn.Parameter(torch.empty(num_experts, hidden_dim))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
+        self.b2 = nn.Parameter(torch.empty(num_experts, dim))
+        self.dropout = nn.Dropout(dropout)
+        # experts first, then the gate: the random stream of per-expert nn.Linear layers then the gate
+        self.reset_expert_parameters()
         self.gate = nn.Linear(dim, num_experts)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_experts={self.num_experts}, "
+                f"top_k={self.top_k}, dispatch={self.dispatch!r}")
+
+    @torch.no_grad()
+    def reset_expert_parameters(self) -> None:
+        """Initialise every expert as ``nn.Linear(D, H)`` then ``nn.Linear(H, D)`` would be.
+
+        Weights and biases uniform in ``+-1/sqrt(fan_in)``, drawn expert by expert in
+        ``nn.Linear``'s order and ``[out, in]`` layout, so the values equal those of
+        per-expert ``nn.Linear`` layers created from the same random state.
+        """
+        for e in range(self.num_experts):
+            for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
+                fan_in, fan_out = w.shape[1], w.shape[2]
+                weight = torch.empty(fan_out, fan_in, dtype=w.dtype, device=w.device)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+                w[e].copy_(weight.T)
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                nn.init.uniform_(b[e], -bound, bound)
+
+    @staticmethod
+    def grouped_mm_is_native(device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether ``torch._grouped_mm`` runs on ``device`` at ``dtype`` without a host sync.
+
+        CPU: fp32, bf16 and fp16 (a loop over the groups inside the kernel, the
+        offsets already on the host).  CUDA: bf16 on compute capability 9.x (the
+        grouped GEMM kernel); other CUDA dtypes go through a fallback that copies the
+        offsets to the host, and on compute capability 10.x groups without rows are
+        reported to get non-zero weight gradients (pytorch/pytorch#172439).
+        """
+        if not hasattr(torch, "_grouped_mm"):
+            return False
+        if device.type == "cpu":
+            return dtype in (torch.float32, torch.bfloat16, torch.float16)
+        if device.type == "cuda":
+            return dtype == torch.bfloat16 and torch.cuda.get_device_properties(device).major == 9
+        return False
 
     def route(self, x2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Router for flat tokens ``[T, D]`` -> ``(probs [T, E] fp32, top_idx [T, k], top_w [T, k])``."""
@@ -219,12 +307,13 @@ class MixtureOfExperts(nn.Module):
         valid: Optional[Tensor] = None
         if token_mask is not None:
             valid = token_mask.reshape(-1)
-            # padded tokens go to an extra bucket n_exp that is never computed
+            # padded tokens go to an extra bucket n_exp that is never computed, with weight 0
             flat_e = torch.where(valid[:, None].expand(-1, k).reshape(-1), flat_e, n_exp)
-        # (not bincount: its output shape is data-dependent, which torch.compile cannot trace)
+            top_w = torch.where(valid[:, None], top_w, 0.0)
+        # (not bincount: its output shape is data-dependent)
         counts = torch.zeros(n_exp + 1, dtype=torch.long, device=x.device).scatter_add_(
             0, flat_e, torch.ones_like(flat_e))
-        out = self._dispatch(x2, flat_e, top_w.reshape(-1), counts)
+        out = self._mix(x2, flat_e, top_idx, top_w, counts, masked=valid is not None)
 
         if valid is not None:
             m = valid.to(probs.dtype)
@@ -237,27 +326,122 @@ class MixtureOfExperts(nn.Module):
         aux = n_exp * (frac * p_mean).sum()
         return out.view(shape), aux
 
-    @torch.compiler.disable
-    def _dispatch(self, x2: Tensor, flat_e: Tensor, flat_w: Tensor, counts: Tensor) -> Tensor:
-        """Gather each expert's tokens, run it, ``index_add`` the weighted outputs back.
+    def _mix(self, x2: Tensor, flat_e: Tensor, top_idx: Tensor, top_w: Tensor, counts: Tensor,
+             masked: bool) -> Tensor:
+        """``sum_j top_w[t, j] * expert_{top_idx[t, j]}(x2[t])`` for every token ``t`` ``[T, D]``.
 
-        Runs eagerly under ``torch.compile`` (one graph break per MoE layer): the
-        per-expert token counts are data-dependent shapes, and tracing them would
-        recompile on every new routing.
+        ``flat_e [T*k]`` is ``top_idx`` flattened with padded tokens' assignments set
+        to ``E``, ``counts [E+1]`` the assignments per bucket; ``top_w`` is 0 for
+        padded tokens; ``masked`` says whether bucket ``E`` may be non-empty.  The
+        experts' second bias is added per token as ``W @ b2`` with ``W [T, E]``
+        the routing weights, instead of per assignment.
         """
+        n_tok, d = x2.shape
+        k, n_exp = self.top_k, self.num_experts
+        ac = autocast_dtype(x2.device.type)
+        dt = ac if ac is not None else x2.dtype
         order = torch.argsort(flat_e, stable=True)
-        counts_list = counts.tolist()  # the one host sync
-        tok_sorted = order // self.top_k
-        w_sorted = flat_w[order]
-        out = x2.new_zeros(x2.shape)
-        start = 0
-        for e, expert in enumerate(self.experts):
-            c = counts_list[e]
-            idx = tok_sorted[start:start + c]
-            y = expert(x2[idx])
-            out.index_add_(0, idx, (y * w_sorted[start:start + c, None]).to(out.dtype))
-            start += c
-        return out
+        e_sorted = flat_e[order]
+        tok_sorted = order // k
+        real = (e_sorted < n_exp)[:, None] if masked else None
+        xd = x2.to(dt)
+        if self._use_grouped_mm(x2.device, dt, n_tok):
+            y = self._experts_grouped_mm(xd, tok_sorted, counts, real)
+        else:
+            y = self._experts_bmm(xd, tok_sorted, e_sorted, counts)
+        if real is not None:
+            # before the product: its backward multiplies by y, where garbage * 0 can be NaN
+            y = torch.where(real, y, 0.0)
+        contrib = y * top_w.reshape(-1)[order, None]
+        # back to assignment order (order is a permutation: inverse by a scatter), then a token's k slots summed
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.shape[0], device=order.device))
+        out = contrib.index_select(0, inverse).view(n_tok, k, d).sum(1)
+        routing = torch.zeros(n_tok, n_exp, dtype=top_w.dtype, device=top_w.device).scatter(1, top_idx, top_w)
+        return (out + routing @ self.b2.to(top_w.dtype)).to(x2.dtype)
+
+    def _use_grouped_mm(self, device: torch.device, dtype: torch.dtype, n_tok: int) -> bool:
+        if self.dispatch == "bmm" or n_tok == 0:
+            return False
+        if self.dispatch == "grouped_mm":
+            if not hasattr(torch, "_grouped_mm"):
+                raise RuntimeError(f"dispatch: 'grouped_mm' needs torch._grouped_mm, which torch "
+                                   f"{torch.__version__} does not have; use 'auto' or 'bmm'")
+            return True
+        return self.grouped_mm_is_native(device, dtype)
+
+    def _experts_grouped_mm(self, xd: Tensor, tok_sorted: Tensor, counts: Tensor,
+                            real: Optional[Tensor]) -> Tensor:
+        """Expert outputs less ``b2``, ``[T*k, D]``, for the expert-sorted rows: two ``torch._grouped_mm``.
+
+        ``b1`` rides in the first GEMM (a column of ones appended to the input, ``b1``
+        as an extra row of ``w1``); the inner dimensions are zero-padded to the
+        alignment.  ``real [T*k, 1]`` (None when no row is padded) marks the rows of
+        real experts; the other rows come out with garbage, which the caller
+        masks.  Only the GEMMs read those rows' hidden activations and their
+        gradients, and they skip them; the mask on the gathered input (with
+        autograd on) keeps the first GEMM's garbage input gradient out of ``x``'s
+        gradient.
+        """
+        n_exp, d, h = self.num_experts, self.dim, self.hidden_dim
+        n_tok, dt = xd.shape[0], xd.dtype
+        align = self.GROUPED_MM_ALIGN_BYTES // xd.element_size()
+        d_in, h_p, d_out = (-(-n // align) * align for n in (d + 1, h, d))
+        tail = xd.new_zeros(d_in - d)
+        tail[0] = 1.0
+        xa = torch.cat([xd, tail.expand(n_tok, -1)], dim=1)  # [T, d_in]: x, 1, zeros
+        w1 = torch.cat([self.w1.to(dt), self.b1.to(dt)[:, None, :]], dim=1)  # [E, D+1, H]
+        w1 = F.pad(w1, (0, h_p - h, 0, d_in - d - 1))
+        w2 = F.pad(self.w2.to(dt), (0, d_out - d, 0, h_p - h))
+        offs = counts[:n_exp].cumsum(0).to(torch.int32)
+        xs = xa.index_select(0, tok_sorted)
+        if real is not None and torch.is_grad_enabled():
+            xs = torch.where(real, xs, 0.0)
+        hid = self.dropout(F.relu(torch._grouped_mm(xs, w1, offs=offs)))
+        y = torch._grouped_mm(hid, w2, offs=offs)
+        return y[:, :d] if d_out != d else y
+
+    def _experts_bmm(self, xd: Tensor, tok_sorted: Tensor, e_sorted: Tensor, counts: Tensor) -> Tensor:
+        """Expert outputs less ``b2``, ``[T*k, D]``, for the expert-sorted rows: ``torch.bmm`` on ``[E, T, .]``.
+
+        Row ``i`` (expert ``e``) goes to slot ``i - start_e`` of expert ``e``'s block
+        of ``T`` rows; the blocks' unused slots hold zeros and are never read back.
+        Rows of the padded bucket (up to ``T * k``) land after the ``E`` blocks and
+        are not computed; their output is an arbitrary row, which the caller masks.
+        """
+        n_exp, d = self.num_experts, self.dim
+        n_tok, n_rows, dt = xd.shape[0], e_sorted.shape[0], xd.dtype
+        starts = counts.cumsum(0) - counts
+        slot = torch.arange(n_rows, device=xd.device) - starts[e_sorted]
+        dest = e_sorted * n_tok + slot
+        buf = xd.new_zeros((n_exp * n_tok + n_rows, d)).index_copy(0, dest, xd.index_select(0, tok_sorted))
+        xb = buf[:n_exp * n_tok].view(n_exp, n_tok, d)
+        hid = self.dropout(F.relu(torch.baddbmm(self.b1.to(dt)[:, None, :], xb, self.w1.to(dt))))
+        yb = torch.bmm(hid, self.w2.to(dt)).reshape(n_exp * n_tok, d)
+        return yb.index_select(0, dest.clamp(max=max(n_exp * n_tok - 1, 0)))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        self._stack_expert_list(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _stack_expert_list(self, state_dict: dict[str, Any], prefix: str) -> None:
+        """Replace per-expert keys ``experts.{e}.{0,3}.{weight,bias}`` by the stacked ``w1/b1/w2/b2``.
+
+        Converts only when all four tensors of all ``num_experts`` experts are
+        there and no other ``experts.*`` key is; otherwise the keys are left as they
+        are and ``load_state_dict`` reports them.
+        """
+        old = prefix + "experts."
+        found = [key for key in state_dict if key.startswith(old)]
+        if not found:
+            return
+        parts = {"w1": ("0.weight", True), "b1": ("0.bias", False),
+                 "w2": ("3.weight", True), "b2": ("3.bias", False)}
+        wanted = {f"{old}{e}.{suffix}" for e in range(self.num_experts) for suffix, _ in parts.values()}
+        if set(found) != wanted:
+            return
+        for name, (suffix, transpose) in parts.items():
+            ts = [state_dict.pop(f"{old}{e}.{suffix}") for e in range(self.num_experts)]
+            state_dict[prefix + name] = torch.stack([t.T if transpose else t for t in ts])
 
 
 # --------------------------------------------------------------------------- attention layers

@@ -166,7 +166,4 @@ def check_compatible(cfg: ModelConfig, enc: Encoders, where: str) -> None:
                             + ", ".join(f"{k} model={a} encoders={b}" for k, (a, b) in bad.items()))
 
 
-def model_config_for(preset: ModelConfig, enc: Encoders) -> ModelConfig:
-    """The preset with its data-dependent sizes taken from the encoders."""
-    return preset.replace(n_cat_features=len(enc.cat_inputs), n_num_features=len(enc.num_inputs),
-                          n_engineered=len(enc.engineered), vocab_size=enc.vocab_size, seq_len=enc.seq_len)
+

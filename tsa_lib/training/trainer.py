@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from tsa_lib.config import PROJECT_ROOT, SuiteConfig, TrainConfig, to_dict
 from tsa_lib.evaluation.metrics import average_precision, recall_at_fpr, roc_auc
 from tsa_lib.features.encoders import Encoders, load_encoders
-from tsa_lib.models.config import ModelConfig, load_model_config
+from tsa_lib.models.config import ModelConfig, load_model_preset, model_config
 from tsa_lib.models.factory import build_model
-from tsa_lib.training.artifact import code_commit, model_config_for, new_model_version, save_artifact
+from tsa_lib.training.artifact import code_commit, new_model_version, save_artifact
 from tsa_lib.schedule import TrainingWindows, training_windows
 from tsa_lib.training.data import (
     DataError,
@@ -100,7 +100,7 @@ def plan_training(cfg: SuiteConfig, encoders: Optional[str] = None, run_dir: Opt
     if tc.amp == "fp16" and not torch.cuda.is_available():
         raise DataError("training.amp: 'fp16' needs a GPU; use 'bf16' or 'none' on CPU")
     enc = load_encoders(encoders or cfg.storage.artifacts_path("encoders"))
-    model_cfg = model_config_for(load_model_config(tc.model_preset), enc)
+    model_cfg = model_config(load_model_preset(tc.model_preset), enc)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
     table_version(path)  # the table must exist
     rd = Path(run_dir) if run_dir else cfg.storage.artifacts_path(
