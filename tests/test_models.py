@@ -733,7 +733,8 @@ def test_fm_equals_bruteforce_pairwise() -> None:
 @pytest.mark.parametrize("layer_cls", [AttentionLayer, AttentionLayerPreNorm])
 def test_explicit_attention_matches_sdpa_and_readout_is_exact(layer_cls: type) -> None:
     torch.manual_seed(0)
-    layer = layer_cls(16, 4, 32, dropout=0.1, use_moe=True, num_experts=3, moe_top_k=2).eval()
+    layer = layer_cls(ModelPreset(dim_embed=16, num_heads=4, dim_feedforward=32, dropout=0.1, use_moe=True,
+                                  num_experts=3, moe_top_k=2)).eval()
     x = torch.randn(3, 6, 16)
     mask = torch.tensor([[True] * 6, [True, False, False, True, True, True], [True] + [False] * 5])
     fast, w_none, aux = layer(x, mask)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsa_lib.models.config import ModelConfig
 from tsa_lib.models.layers import (
     AttentionLayerPreNorm,
     numerical_embedding,
@@ -39,56 +40,36 @@ __all__ = ["FeatureAttentionLayer"]
 class FeatureAttentionLayer(nn.Module):
     """Pre-norm attention over the target order's feature tokens and the engineered features.
 
-    ``forward(x_cat [B, n_cat] long, x_num [B, n_num], x_engineered [B, n_eng],
+    ``forward(x_cat [B, n_cat] int, x_num [B, n_num], x_engineered [B, n_eng],
     emb_weight=None, need_weights=False) -> (rep [B, out_dim], attn [B, n_tokens] |
     None, aux_losses)``; tokens are ordered categorical, numerical, engineered.
     ``embedding`` is referenced, not registered (see ``OrderAttentionLayer``).
     """
 
-    def __init__(
-        self,
-        n_cat_features: int,
-        n_num_features: int,
-        n_engineered: int,
-        dim_embed: int,
-        num_heads: int,
-        dim_feedforward: int,
-        n_layers: int,
-        embedding: nn.Embedding,
-        dropout: float = 0.1,
-        num_bias: bool = True,
-        use_fm: bool = True,
-        use_moe: bool = False,
-        num_experts: int = 5,
-        moe_top_k: int = 2,
-        grad_checkpointing: bool = False,
-        num_embedding: str = "linear",
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
-        if embedding.embedding_dim != dim_embed:
-            raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {dim_embed}")
+        d = cfg.dim_embed
+        if embedding.embedding_dim != d:
+            raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {d}")
         self._shared = (embedding,)
-        self.n_cat_features = n_cat_features
-        self.n_num_features = n_num_features
-        self.n_engineered = n_engineered
-        self.n_tokens = n_cat_features + n_num_features + n_engineered
-        self.dim_embed = dim_embed
-        self.use_fm = use_fm
-        self.grad_checkpointing = grad_checkpointing
-        self.cat_column_embedding = nn.Parameter(torch.randn(n_cat_features, dim_embed) * 0.1)
-        self.num_embedding = numerical_embedding(num_embedding, n_num_features, dim_embed, bias=num_bias)
+        self.n_cat_features = cfg.n_cat_features
+        self.n_num_features = cfg.n_num_features
+        self.n_engineered = cfg.n_engineered
+        self.n_tokens = cfg.n_cat_features + cfg.n_num_features + cfg.n_engineered
+        self.dim_embed = d
+        self.use_fm = cfg.use_fm
+        self.grad_checkpointing = cfg.grad_checkpointing
+        self.cat_column_embedding = nn.Parameter(torch.randn(cfg.n_cat_features, d) * 0.1)
+        self.num_embedding = numerical_embedding(cfg.num_embedding, cfg.n_num_features, d, bias=cfg.num_bias)
         self.embedding_engineered = (
-            numerical_embedding(num_embedding, n_engineered, dim_embed, bias=num_bias) if n_engineered > 0 else None
+            numerical_embedding(cfg.num_embedding, cfg.n_engineered, d, bias=cfg.num_bias)
+            if cfg.n_engineered > 0 else None
         )
-        self.dummy_feature = nn.Parameter(torch.rand(1, dim_embed))
-        self.layer_stack_feature = nn.ModuleList(
-            AttentionLayerPreNorm(dim_embed, num_heads, dim_feedforward, dropout, use_moe, num_experts,
-                                  moe_top_k)
-            for _ in range(n_layers)
-        )
-        self.final_norm = nn.LayerNorm(dim_embed)
-        self.fm_norm = nn.LayerNorm(dim_embed) if use_fm else None
-        self.out_dim = dim_embed * (2 if use_fm else 1)
+        self.dummy_feature = nn.Parameter(torch.rand(1, d))
+        self.layer_stack_feature = nn.ModuleList(AttentionLayerPreNorm(cfg) for _ in range(cfg.n_layers_feature))
+        self.final_norm = nn.LayerNorm(d)
+        self.fm_norm = nn.LayerNorm(d) if cfg.use_fm else None
+        self.out_dim = d * (2 if cfg.use_fm else 1)
 
     @property
     def embedding(self) -> nn.Embedding:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsa_lib.models.config import ModelPreset
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -448,26 +450,26 @@ class MixtureOfExperts(nn.Module):
 
 
 class _AttentionBase(nn.Module):
-    """Shared parts of the post-norm and pre-norm layers: fused QKV projection + SDPA."""
+    """Shared parts of the post-norm and pre-norm layers: fused QKV projection + SDPA, and a
+    feed-forward or an MoE, sized by the config (``dim_embed``, ``num_heads``, ``dim_feedforward``,
+    ``dropout``, ``use_moe``, ``num_experts``, ``moe_top_k``)."""
 
-    def __init__(self, dim_embed: int, num_heads: int, dim_feedforward: int, dropout: float = 0.1,
-                 use_moe: bool = False, num_experts: int = 5, moe_top_k: int = 2) -> None:
+    def __init__(self, cfg: ModelPreset) -> None:
         super().__init__()
-        if dim_embed % num_heads:
-            raise ValueError(f"dim_embed: {dim_embed} is not divisible by num_heads: {num_heads}")
-        self.dim_embed = dim_embed
-        self.num_heads = num_heads
-        self.head_dim = dim_embed // num_heads
-        self.dropout_p = dropout
-        self.in_proj = nn.Linear(dim_embed, 3 * dim_embed)
-        self.out_proj = nn.Linear(dim_embed, dim_embed)
-        self.norm1 = nn.LayerNorm(dim_embed)
-        self.norm2 = nn.LayerNorm(dim_embed)
-        self.dropout = nn.Dropout(dropout)
-        self.use_moe = use_moe
+        d = cfg.dim_embed
+        self.dim_embed = d
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.head_dim
+        self.dropout_p = cfg.dropout
+        self.in_proj = nn.Linear(d, 3 * d)
+        self.out_proj = nn.Linear(d, d)
+        self.norm1 = nn.LayerNorm(d)
+        self.norm2 = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.use_moe = cfg.use_moe
         self.ff: nn.Module = (
-            MixtureOfExperts(dim_embed, num_experts, dim_feedforward, moe_top_k, dropout)
-            if use_moe else FeedForward(dim_embed, dim_feedforward, dropout)
+            MixtureOfExperts(d, cfg.num_experts, cfg.dim_feedforward, cfg.moe_top_k, cfg.dropout)
+            if cfg.use_moe else FeedForward(d, cfg.dim_feedforward, cfg.dropout)
         )
 
     def _ff(self, x: Tensor, token_mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:

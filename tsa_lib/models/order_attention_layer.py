@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsa_lib.models.config import ModelConfig
 from tsa_lib.models.layers import (
     AttentionLayer,
     FeatureAggregationMLP,
@@ -51,7 +52,7 @@ class OrderAttentionLayer(nn.Module):
     (``safetensors`` refuses shared tensors); the owner of the table must
     optimize it.
 
-    ``forward(x_cat [B, L, n_cat] long, x_num [B, L, n_num] float, time_seq [B, L]
+    ``forward(x_cat [B, L, n_cat] int, x_num [B, L, n_num] float, time_seq [B, L]
     float (days before the target order), mask [B, L] bool (True = real),
     emb_weight=None, need_weights=False) -> (rep [B, D], attn [B, L] | None,
     aux_losses list)``; ``attn`` is the head-averaged attention of the dummy token
@@ -59,46 +60,25 @@ class OrderAttentionLayer(nn.Module):
     attending to itself).
     """
 
-    def __init__(
-        self,
-        n_cat_features: int,
-        n_num_features: int,
-        seq_len: int,
-        dim_embed: int,
-        num_heads: int,
-        dim_feedforward: int,
-        n_layers: int,
-        embedding: nn.Embedding,
-        dropout: float = 0.1,
-        use_time: bool = True,
-        use_position: bool = True,
-        num_bias: bool = True,
-        use_moe: bool = False,
-        num_experts: int = 5,
-        moe_top_k: int = 2,
-        grad_checkpointing: bool = False,
-        num_embedding: str = "linear",
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
-        if embedding.embedding_dim != dim_embed:
-            raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {dim_embed}")
+        d = cfg.dim_embed
+        if embedding.embedding_dim != d:
+            raise ValueError(f"embedding: dim {embedding.embedding_dim} != dim_embed {d}")
         self._shared = (embedding,)  # a reference, deliberately not a registered sub-module
-        self.n_cat_features = n_cat_features
-        self.n_num_features = n_num_features
-        self.seq_len = seq_len
-        self.dim_embed = dim_embed
-        self.use_time = use_time
-        self.grad_checkpointing = grad_checkpointing
-        self.num_embedding = numerical_embedding(num_embedding, n_num_features, dim_embed, bias=num_bias)
-        self.feature_aggregation_cat = FeatureAggregationMLP(n_cat_features, dim_embed)
-        self.feature_aggregation_num = FeatureAggregationMLP(n_num_features, dim_embed)
-        self.time_encoder = TimeEncode(dim_embed) if use_time else None
-        self.position = nn.Parameter(torch.randn(seq_len, dim_embed)) if use_position else None
-        self.dummy_order = nn.Parameter(torch.rand(1, dim_embed))
-        self.layer_stack = nn.ModuleList(
-            AttentionLayer(dim_embed, num_heads, dim_feedforward, dropout, use_moe, num_experts, moe_top_k)
-            for _ in range(n_layers)
-        )
+        self.n_cat_features = cfg.n_cat_features
+        self.n_num_features = cfg.n_num_features
+        self.seq_len = cfg.seq_len
+        self.dim_embed = d
+        self.use_time = cfg.use_time
+        self.grad_checkpointing = cfg.grad_checkpointing
+        self.num_embedding = numerical_embedding(cfg.num_embedding, cfg.n_num_features, d, bias=cfg.num_bias)
+        self.feature_aggregation_cat = FeatureAggregationMLP(cfg.n_cat_features, d)
+        self.feature_aggregation_num = FeatureAggregationMLP(cfg.n_num_features, d)
+        self.time_encoder = TimeEncode(d) if cfg.use_time else None
+        self.position = nn.Parameter(torch.randn(cfg.seq_len, d)) if cfg.use_position else None
+        self.dummy_order = nn.Parameter(torch.rand(1, d))
+        self.layer_stack = nn.ModuleList(AttentionLayer(cfg) for _ in range(cfg.n_layers_order))
 
     @property
     def embedding(self) -> nn.Embedding:

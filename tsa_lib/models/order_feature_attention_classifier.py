@@ -48,13 +48,7 @@ class TSAClassifierBase(nn.Module):
         self.config = cfg
         d = cfg.dim_embed
         self.embedding = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
-        self.feature_attention = FeatureAttentionLayer(
-            cfg.n_cat_features, cfg.n_num_features, cfg.n_engineered, d, cfg.num_heads,
-            cfg.dim_feedforward, cfg.n_layers_feature, self.embedding, dropout=cfg.dropout,
-            num_bias=cfg.num_bias, use_fm=cfg.use_fm, use_moe=cfg.use_moe,
-            num_experts=cfg.num_experts, moe_top_k=cfg.moe_top_k,
-            grad_checkpointing=cfg.grad_checkpointing, num_embedding=cfg.num_embedding,
-        )
+        self.feature_attention = FeatureAttentionLayer(cfg, self.embedding)
         self.mlp: Optional[nn.Module] = None
         if cfg.use_mlp:
             self.mlp = nn.Sequential(
@@ -68,14 +62,7 @@ class TSAClassifierBase(nn.Module):
         self.aux_loss: Tensor = torch.zeros(())
 
     def _order_attention(self) -> OrderAttentionLayer:
-        cfg = self.config
-        return OrderAttentionLayer(
-            cfg.n_cat_features, cfg.n_num_features, cfg.seq_len, cfg.dim_embed, cfg.num_heads,
-            cfg.dim_feedforward, cfg.n_layers_order, self.embedding, dropout=cfg.dropout,
-            use_time=cfg.use_time, use_position=cfg.use_position, num_bias=cfg.num_bias,
-            use_moe=cfg.use_moe, num_experts=cfg.num_experts, moe_top_k=cfg.moe_top_k,
-            grad_checkpointing=cfg.grad_checkpointing, num_embedding=cfg.num_embedding,
-        )
+        return OrderAttentionLayer(self.config, self.embedding)
 
     # ------------------------------------------------------------------ input checks (shapes only: no sync)
 
