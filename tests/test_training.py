@@ -401,3 +401,17 @@ def test_streamed_training_killed_mid_epoch_resumes_exactly(setup: dict[str, Any
     assert b["data"]["train_rows"] == a["data"]["train_rows"] > 0
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["best"]["roc_auc"] > 0.8, metrics
+
+
+def test_a_model_and_encoders_that_disagree_are_named() -> None:
+    from tsa_lib.errors import ArtifactError
+    from tsa_lib.models.config import DataSizes, load_model_preset, model_config
+    from tsa_lib.training.artifact import check_compatible
+
+    enc = _encoders()
+    cfg = model_config(load_model_preset("tiny"), enc)
+    assert cfg.sizes() == DataSizes.of(enc) == DataSizes(NC, 1, 1, enc.vocab_size, L)
+    check_compatible(cfg, enc, "scoring")
+    with pytest.raises(ArtifactError, match=rf"scoring: model config and encoders disagree: vocab_size model=99 "
+                                            rf"encoders={enc.vocab_size}, seq_len model=9 encoders={L}"):
+        check_compatible(cfg.replace(vocab_size=99, seq_len=9), enc, "scoring")

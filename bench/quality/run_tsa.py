@@ -147,8 +147,6 @@ def write_model_config(work: Path, base: Path, model_type: str, epochs: int, tag
     """Config of one (model type, epochs) run: its preset file, model name and scores table."""
     preset = yaml.safe_load((PROJECT_ROOT / "tsa_lib" / "models" / "presets" / "small.yaml").read_text())
     preset["model_type"] = model_type
-    base_cols = yaml.safe_load(base.read_text())["columns"]
-    preset["n_cat_features"] = len(base_cols["categorical"]) + len(base_cols.get("relative", []))
     for key in model_overrides:
         if key not in preset:
             raise SystemExit(f"--model-set: {key!r} is not a key of the small preset ({sorted(preset)})")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -26,7 +27,7 @@ import torch
 from tsa_lib.config import PROJECT_ROOT
 from tsa_lib.errors import ArtifactError
 from tsa_lib.features.encoders import Encoders, encoders_from_json
-from tsa_lib.models.config import ModelConfig, model_config_from_dict
+from tsa_lib.models.config import DataSizes, ModelConfig, model_config_from_dict
 from tsa_lib.models.factory import build_model
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,8 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Loade
 
 def check_compatible(cfg: ModelConfig, enc: Encoders, where: str) -> None:
     """The model's input sizes must be what the encoders produce."""
-    want = {"n_cat_features": len(enc.cat_inputs), "n_num_features": len(enc.num_inputs),
-            "n_engineered": len(enc.engineered), "vocab_size": enc.vocab_size, "seq_len": enc.seq_len}
-    bad = {k: (getattr(cfg, k), v) for k, v in want.items() if getattr(cfg, k) != v}
+    have, want = dataclasses.asdict(cfg.sizes()), dataclasses.asdict(DataSizes.of(enc))
+    bad = {k: (have[k], v) for k, v in want.items() if have[k] != v}
     if bad:
         raise ArtifactError(f"{where}: model config and encoders disagree: "
                             + ", ".join(f"{k} model={a} encoders={b}" for k, (a, b) in bad.items()))
