@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from tsa_lib.models import (  # noqa: E402
     DataSizes,
     ModelConfig,
+    ModelPreset,
     build_model,
     count_parameters,
     load_model_preset,
@@ -103,19 +104,23 @@ def git_commit() -> str | None:
         return None
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
-    preset = load_model_preset(args.preset)
+def preset_for(args: argparse.Namespace) -> ModelPreset:
+    """``--preset`` with the ``--model``, ``--moe`` (and ``--grad-checkpointing``) overrides."""
     changes: dict[str, Any] = {}
     if args.model:
         changes["model_type"] = args.model
     if args.moe != "preset":
         changes["use_moe"] = args.moe == "on"
-    if args.grad_checkpointing:
+    if getattr(args, "grad_checkpointing", False):
         changes["grad_checkpointing"] = True
-    cfg = model_config(preset.replace(**changes), SIZES.get(args.preset, SIZES["seed"]))
+    return load_model_preset(args.preset).replace(**changes)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = model_config(preset_for(args), SIZES.get(args.preset, SIZES["seed"]))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

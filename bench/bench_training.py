@@ -39,18 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import write_result  # noqa: E402
-
-
-def preset_for(args: argparse.Namespace) -> Any:
-    from tsa_lib.models.config import load_model_preset
-
-    cfg = load_model_preset(args.preset)
-    changes: dict[str, Any] = {}
-    if args.model:
-        changes["model_type"] = args.model
-    if args.moe != "preset":
-        changes["use_moe"] = args.moe == "on"
-    return cfg.replace(**changes)
+from bench_model import preset_for  # noqa: E402
 
 
 def run_suite(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -527,6 +527,16 @@ def test_moe_equals_dense_reference(dispatch: str, top_k: int, masked: bool, dim
         assert torch.equal(out[~mask], torch.zeros(int((~mask).sum()), dim))
 
 
+def _moe_step(moe: MixtureOfExperts, dispatch: str, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Forward and backward of ``moe`` with ``dispatch``: output, aux loss, input and parameter gradients."""
+    moe.dispatch = dispatch
+    moe.zero_grad()
+    xg = x.clone().requires_grad_()
+    out, aux = moe(xg, mask)
+    (out.square().sum() + aux).backward()
+    return [out, aux, xg.grad] + [p.grad.clone() for p in moe.parameters()]
+
+
 @pytest.mark.parametrize("dim, hidden", MOE_SIZES)
 def test_moe_bmm_fallback_equals_grouped_mm(dim: int, hidden: int) -> None:
     """Same outputs, aux loss and gradients (input and every parameter) from both expert kernels."""
@@ -534,14 +544,7 @@ def test_moe_bmm_fallback_equals_grouped_mm(dim: int, hidden: int) -> None:
     moe = MixtureOfExperts(dim, 5, hidden, top_k=2)  # training mode, dropout 0
     x = torch.randn(4, 9, dim)
     mask = torch.rand(4, 9, generator=torch.Generator().manual_seed(2)) > 0.3
-    results = []
-    for dispatch in ("grouped_mm", "bmm"):
-        moe.dispatch = dispatch
-        moe.zero_grad()
-        xg = x.clone().requires_grad_()
-        out, aux = moe(xg, mask)
-        (out.square().sum() + aux).backward()
-        results.append([out, aux, xg.grad] + [p.grad.clone() for p in moe.parameters()])
+    results = [_moe_step(moe, dispatch, x, mask) for dispatch in ("grouped_mm", "bmm")]
     for a, b in zip(*results):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -578,17 +581,13 @@ def test_moe_rows_past_the_last_offset_never_leak(monkeypatch: pytest.MonkeyPatc
     mask = torch.rand(4, 9, generator=torch.Generator().manual_seed(2)) > 0.5
     results = []
     for dispatch in ("grouped_mm", "bmm"):
-        moe.dispatch = dispatch
-        moe.zero_grad()
-        xg = x.clone().requires_grad_()
         with monkeypatch.context() as mp:
             mp.setattr(torch, "_grouped_mm", lambda a, b, offs: Poisoned.apply(a, b, offs))
-            out, aux = moe(xg, mask)
-            (out.square().sum() + aux).backward()
-        results.append([out, aux, xg.grad] + [p.grad.clone() for p in moe.parameters()])
+            results.append(_moe_step(moe, dispatch, x, mask))
+        out, _, x_grad = results[-1][:3]
         assert all(torch.isfinite(t).all() for t in results[-1]), dispatch
         assert torch.equal(out[~mask], torch.zeros(int((~mask).sum()), 6))
-        assert torch.equal(xg.grad[~mask], torch.zeros(int((~mask).sum()), 6))
+        assert torch.equal(x_grad[~mask], torch.zeros(int((~mask).sum()), 6))
     if dropout == 0.0:
         for a, b in zip(*results):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

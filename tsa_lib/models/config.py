@@ -94,10 +94,10 @@ class DataSizes:
         _check_int("vocab_size", self.vocab_size, 3)
         _check_int("seq_len", self.seq_len, 1)
 
-    @classmethod
-    def of(cls, encoders: Any) -> "DataSizes":
+    @staticmethod
+    def of(encoders: Any) -> "DataSizes":
         """The sizes fitted encoders (``tsa_lib.features.encoders.Encoders``) produce."""
-        return cls(n_cat_features=len(encoders.cat_inputs), n_num_features=len(encoders.num_inputs),
+        return DataSizes(n_cat_features=len(encoders.cat_inputs), n_num_features=len(encoders.num_inputs),
                    n_engineered=len(encoders.engineered), vocab_size=encoders.vocab_size, seq_len=encoders.seq_len)
 
 
@@ -187,19 +187,13 @@ class ModelPreset:
         return ModelPreset(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelPreset)})
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig(ModelPreset):
+@dataclass(frozen=True)
+class ModelConfig(ModelPreset, DataSizes):
     """A preset bound to the data's sizes (``DataSizes``): what the layers and classifiers take."""
 
-    n_cat_features: int
-    n_num_features: int
-    n_engineered: int
-    vocab_size: int
-    seq_len: int
-
     def __post_init__(self) -> None:
-        super().__post_init__()
-        self.sizes()
+        ModelPreset.__post_init__(self)
+        DataSizes.__post_init__(self)
 
     def sizes(self) -> DataSizes:
         return DataSizes(**{k: getattr(self, k) for k in SIZE_KEYS})
@@ -207,7 +201,8 @@ class ModelConfig(ModelPreset):
 
 def model_config(preset: ModelPreset, data: Any) -> ModelConfig:
     """The model config of ``preset`` for ``data``: ``DataSizes``, or fitted encoders (their sizes)."""
-    sizes = data if isinstance(data, DataSizes) else DataSizes.of(data)
+    sizes = DataSizes(**{k: getattr(data, k) for k in SIZE_KEYS}) if isinstance(data, DataSizes) \
+        else DataSizes.of(data)
     return ModelConfig(**to_dict(preset.preset()), **dataclasses.asdict(sizes))
 
 
