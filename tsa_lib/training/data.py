@@ -260,7 +260,8 @@ class StreamedData:
     Batches run across chunk boundaries, so every labeled row is in exactly one batch of an epoch
     (the last, short one aside with ``drop_last``).  With fewer files than ranks, row ``i`` of the
     window's files, in path order, belongs to rank ``i % world_size``.  Resuming at a step reads the
-    epoch again up to that step.  Only one chunk and one batch are in memory at a time.
+    epoch again up to that step.  At most two chunks (the rest of one, the next) and a batch are in
+    memory at a time.
     """
 
     def __init__(self, shard: Shard, enc: Encoders, device: torch.device, chunk_rows: int,
