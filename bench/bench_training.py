@@ -9,8 +9,8 @@ beside a plain implementation on the same data, model sizes and GPU.
   batches, the loss read back every step, the default AdamW; the first ``--warmup`` steps untimed.
 - ``--impl both``: both, and their ratio.
 
-Needs examples and encoders: the demo's (``make demo``, config ``conf/local.yaml``) or synthetic
-ones at the seed sizes from ``bench/make_examples.py`` (no Spark needed):
+Needs examples and encoders: the demo's (``make demo``; ``--config conf/local.yaml --run-date
+2026-02-19``) or synthetic ones at the seed sizes from ``bench/make_examples.py`` (no Spark needed):
 
     python bench/make_examples.py --root /tmp/tsa_bench
     PYTHONPATH=. python bench/bench_training.py --config /tmp/tsa_bench/bench.yaml --preset seed \\
@@ -22,6 +22,7 @@ One JSON line per implementation is appended to bench/results/training.jsonl.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import subprocess
@@ -60,7 +61,8 @@ def run_suite(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
                         "--master-port", "29533", str(ROOT / "jobs" / "train.py"), "--config", str(path),
-                        "--run-dir", str(tmp / "run")], env=env, capture_output=True, text=True, cwd=ROOT)
+                        "--run-dir", str(tmp / "run"), *(["--run-date", args.run_date] if args.run_date else [])],
+                       env=env, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t
     if r.returncode != 0:
         sys.exit(r.stderr[-4000:])
@@ -88,7 +90,10 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     enc = load_encoders(cfg.storage.artifacts_path("encoders"))
     mcfg = model_config(preset_for(args), enc)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
-    b = read_examples(path, table_version(path), *training_windows(cfg, None).train, enc)
+    run_date = dt.date.fromisoformat(args.run_date) if args.run_date else None
+    windows = training_windows(cfg, run_date)
+    b = read_examples(path, table_version(path), *windows.train, enc, labels_as_of=windows.labels_as_of if run_date
+                      else None)
     keep = b.label >= 0
     t = {k: torch.from_numpy(np.ascontiguousarray(getattr(b, k)[keep])).to(device) for k in
          ("c_cat", "c_num", "c_dt", "c_mask", "k_cat", "k_num", "k_dt", "k_mask", "eng", "label")}
@@ -130,6 +135,8 @@ def run_plain(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "conf" / "local.yaml"))
+    p.add_argument("--run-date", default=None, help="YYYY-MM-DD: the training night, for configs with "
+                                                     "training.window")
     p.add_argument("--preset", default="seed")
     p.add_argument("--model", choices=["single_seq", "two_seq"], default=None, help="override model_type")
     p.add_argument("--moe", choices=["on", "off", "preset"], default="preset", help="override use_moe")
