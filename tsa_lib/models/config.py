@@ -21,7 +21,7 @@ import importlib.resources
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 PRESETS = "tsa_lib.models.presets"   # the package whose *.yaml files are the presets
 
 MODEL_TYPES = ("single_seq", "two_seq")
+
+P = TypeVar("P", bound="ModelPreset")
 
 __all__ = [
     "DataSizes",
@@ -98,7 +100,8 @@ class DataSizes:
     def of(encoders: Any) -> "DataSizes":
         """The sizes fitted encoders (``tsa_lib.features.encoders.Encoders``) produce."""
         return DataSizes(n_cat_features=len(encoders.cat_inputs), n_num_features=len(encoders.num_inputs),
-                   n_engineered=len(encoders.engineered), vocab_size=encoders.vocab_size, seq_len=encoders.seq_len)
+                         n_engineered=len(encoders.engineered), vocab_size=encoders.vocab_size,
+                         seq_len=encoders.seq_len)
 
 
 SIZE_KEYS = tuple(f.name for f in dataclasses.fields(DataSizes))
@@ -175,7 +178,7 @@ class ModelPreset:
     def hash(self) -> str:
         return config_hash(self)
 
-    def replace(self, **changes: Any) -> Any:
+    def replace(self: P, **changes: Any) -> P:
         """``dataclasses.replace`` (validation runs again)."""
         return dataclasses.replace(self, **changes)
 
