@@ -143,6 +143,8 @@ def test_categorical_column_may_also_be_relative(tmp_path: Path) -> None:
      "training.window cannot be combined with fixed dates ['training.train_start']"),
     (lambda d: d["training"].update(window={"train_days": 10}), "training.window.valid_days: required key is missing"),
     (lambda d: d["training"].update(min_known_labels=0), "training.min_known_labels: must be > 0, got 0"),
+    (lambda d: d["training"].update(host_memory_mb=0), "training.host_memory_mb: must be > 0, got 0"),
+    (lambda d: d["training"].update(host_memory_mb="lots"), "training.host_memory_mb"),
     (lambda d: d["labels"].update(delay_days=-2), "labels.delay_days: must be >= 0, got -2"),
     (lambda d: d["labels"].update(mature_after_days=-1), "labels.mature_after_days: must be an integer >= 0"),
     (lambda d: d["columns"].update(label_time="order_ts"), "columns.label_time: column 'order_ts' is already used"),
