@@ -116,11 +116,12 @@ def preset_for(args: argparse.Namespace) -> ModelPreset:
     return load_model_preset(args.preset).replace(**changes)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """Time the step ``args`` describe; ``cfg`` (default: the preset on ``SIZES``) sets the model."""
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
-    cfg = model_config(preset_for(args), SIZES.get(args.preset, SIZES["seed"]))
+    cfg = cfg or model_config(preset_for(args), SIZES.get(args.preset, SIZES["seed"]))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -9,6 +9,10 @@ beside a plain implementation on the same data, model sizes and GPU.
   batches, the loss read back every step, the default AdamW; the first ``--warmup`` steps untimed.
 - ``--impl both``: both, and their ratio.
 
+The suite's row also holds the bare model step of ``bench_model.py`` (forward, loss, backward, AdamW
+on one batch already on the device) for the same model and sizes, timed in this process, and the
+trainer's rate as a share of it (``ratio_to_bare_step``).
+
 Needs examples and encoders: the demo's (``make demo``; ``--config conf/local.yaml --run-date
 2026-02-19``) or synthetic ones at the seed sizes from ``bench/make_examples.py`` (no Spark needed):
 
@@ -73,22 +77,40 @@ def run_suite(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "device": "cuda" if "on cuda" in r.stderr else "cpu"}
 
 
+def _configs(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The suite config, its encoders and the model config for them."""
+    from tsa_lib.config import load_config
+    from tsa_lib.features.encoders import load_encoders
+    from tsa_lib.models.config import model_config
+
+    cfg = load_config(args.config)
+    enc = load_encoders(cfg.storage.artifacts_path("encoders"))
+    return cfg, enc, model_config(preset_for(args), enc)
+
+
+def run_bare_step(args: argparse.Namespace) -> float:
+    """samples/s of ``bench_model.py``'s step for the model and sizes the trainer runs."""
+    import bench_model
+
+    step = argparse.Namespace(device="auto", threads=None, impl="suite", batch=args.batch, warmup=args.warmup,
+                              steps=args.steps - args.warmup, amp=args.amp, compile=args.compile, optim=True,
+                              flops=False, preset=args.preset, model=args.model, moe=args.moe,
+                              grad_checkpointing=False)
+    return float(bench_model.run(step, _configs(args)[2])["samples_per_s"])
+
+
 def run_plain(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     from plain_tsa import PlainTSA
-    from tsa_lib.config import PROJECT_ROOT, load_config
-    from tsa_lib.features.encoders import load_encoders
+    from tsa_lib.config import PROJECT_ROOT
     from tsa_lib.schedule import training_windows
-    from tsa_lib.models.config import model_config
     from tsa_lib.training.data import read_examples, table_version
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = load_config(args.config)
-    enc = load_encoders(cfg.storage.artifacts_path("encoders"))
-    mcfg = model_config(preset_for(args), enc)
+    cfg, enc, mcfg = _configs(args)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
     run_date = dt.date.fromisoformat(args.run_date) if args.run_date else None
     windows = training_windows(cfg, run_date)
@@ -157,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         for impl in (["suite", "plain"] if args.impl == "both" else [args.impl]):
             rows[impl] = {"impl": impl, **common, **(run_suite(args, Path(tmp)) if impl == "suite" else
                                                      run_plain(args))}
+    if "suite" in rows:
+        bare = run_bare_step(args)
+        rows["suite"].update(bare_step_samples_per_s=round(bare, 1),
+                             ratio_to_bare_step=round(rows["suite"]["samples_per_s"] / args.nproc / bare, 3))
     if len(rows) == 2:
         rows["suite"]["ratio_to_plain"] = round(rows["suite"]["samples_per_s"] / rows["plain"]["samples_per_s"], 3)
     for r in rows.values():
