@@ -181,6 +181,10 @@ def _model_dtypes(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(x.numel() * x.element_size() for x in tensors.values())
+
+
 def _device_budget(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
@@ -201,9 +205,8 @@ class TensorData:
     def from_batch(cls, batch: ModelBatch, device: torch.device, vocab_size: int,
                    max_device_bytes: Optional[int] = None) -> "TensorData":
         t = _host_tensors(batch, vocab_size)
-        size = sum(x.numel() * x.element_size() for x in t.values())
         budget = _device_budget(device) if max_device_bytes is None else max_device_bytes
-        on_device = device.type != "cpu" and size <= budget
+        on_device = device.type != "cpu" and _nbytes(t) <= budget
         if on_device:
             t = {k: v.to(device) for k, v in t.items()}
         elif device.type == "cuda":
@@ -216,7 +219,7 @@ class TensorData:
 
     @property
     def host_bytes(self) -> int:
-        return 0 if self.on_device else sum(x.numel() * x.element_size() for x in self.tensors.values())
+        return 0 if self.on_device else _nbytes(self.tensors)
 
     def labels(self) -> np.ndarray:
         return self.tensors["label"].cpu().numpy().astype(np.int64)
@@ -271,6 +274,10 @@ class StreamedData:
         self.shard, self.enc, self.device = shard, enc, device
         self.chunk_rows = max(1, chunk_rows)
         self.labels_as_of = labels_as_of
+        # with fewer files than ranks, row i of the window (files in path order) belongs to rank i % world
+        self._offsets: Optional[np.ndarray] = None
+        if shard.world_size > 1 and not shard.by_file:
+            self._offsets = np.concatenate([[0], np.cumsum([shard.fragment_rows(f) for f in shard.fragments])])
         labels: list[np.ndarray] = []
         columns = [c for c in ("label", "encoder_version", "labels_as_of") if c in shard.schema.names]
         for tbl in self._chunks(np.arange(len(shard.fragments)), columns):
@@ -301,11 +308,7 @@ class StreamedData:
         """The shard's rows, file by file in ``order``, in chunks of at most ``chunk_rows`` rows."""
         import pyarrow as pa
 
-        sh = self.shard
-        offsets = None
-        if sh.world_size > 1 and not sh.by_file:   # row i of the window (files in path order) -> rank i % world
-            sizes = [sh.fragment_rows(f) for f in sh.fragments]
-            offsets = np.concatenate([[0], np.cumsum(sizes)])
+        sh, offsets = self.shard, self._offsets
         for fi in order:
             frag = sh.fragments[int(fi)]
             pos = int(offsets[fi]) if offsets is not None else 0

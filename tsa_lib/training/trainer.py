@@ -342,7 +342,7 @@ class Session:
     sched: Any
     scaler: Optional[torch.amp.GradScaler]
     st: State
-    warmup_s: Optional[float] = None     # the first logging interval of this process (compilation included)
+    warmed_up: bool = False              # the first logging interval of this process (compilation) is over
 
     @property
     def tc(self) -> TrainConfig:
@@ -370,7 +370,8 @@ def _set_up(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Se
     train_data, train_rows = load_training_data(
         Shard.open(plan.examples_path, version, *plan.train, d.rank, d.world), plan.enc, d.device,
         max(1, budget - valid_data.host_bytes), as_of)
-    counts = _label_counts(train_rows, train_data.labels(), valid_rows, valid_data.labels(), d)
+    train_labels = train_data.labels()
+    counts = _label_counts(train_rows, train_labels, valid_rows, valid_data.labels(), d)
     if d.main:
         log.info("labels known%s: train %d of %d orders (%d fraud), valid %d of %d (%d fraud); the orders whose "
                  "label is not known are left out", f" before {as_of:%Y-%m-%d %H:%M}" if as_of else "",
@@ -379,7 +380,7 @@ def _set_up(plan: Plan, resume: bool, d: Dist, run: Optional[TrainingRun]) -> Se
     if counts["train_known"] < tc.min_known_labels:
         raise DataError(f"training window {plan.train[0]}..{plan.train[1]} has {counts['train_known']} known labels, "
                         f"fewer than training.min_known_labels={tc.min_known_labels}")
-    weight = _class_weight(train_data.labels(), tc, d)
+    weight = _class_weight(train_labels, tc, d)
     steps_per_epoch = _all_min(train_data.num_steps(tc.batch_size, drop_last=True), d)
     if tc.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
@@ -450,6 +451,7 @@ class EpochTotals:
     samples: int              # all ranks
     seconds: float            # the steady part: the first logging interval of the process excluded
     steady_samples: int
+    warmup_s: float           # the first logging interval of the process when this epoch held it, else 0
 
 
 def train_steps(s: Session) -> EpochTotals:
@@ -465,7 +467,7 @@ def train_steps(s: Session) -> EpochTotals:
     first = st.step
     loss_sum = torch.zeros((), device=d.device)
     steps = samples = steady_samples = interval_samples = 0
-    steady_s = 0.0
+    steady_s = warmup_s = 0.0
     tick = time.perf_counter()
     for b in s.train_data.batches(tc.batch_size, tc.seed, st.epoch, st.step, drop_last=True,
                                   steps=s.steps_per_epoch):
@@ -482,8 +484,8 @@ def train_steps(s: Session) -> EpochTotals:
             mean_loss = float(loss_sum) / steps / s.plan.model_cfg.members   # the sync, once per interval
             now = time.perf_counter()
             el, tick = now - tick, now
-            if s.warmup_s is None:
-                s.warmup_s = el
+            if not s.warmed_up:
+                s.warmed_up, warmup_s = True, el
                 kind = "warm-up, compilation included"
             else:
                 steady_s += el
@@ -501,14 +503,13 @@ def train_steps(s: Session) -> EpochTotals:
             if os.environ.get(STOP_AFTER_STEP_ENV) == str(st.global_step):
                 os._exit(17)  # tests: die like a killed job, after the checkpoint
     return EpochTotals(loss_sum=loss_sum, steps=steps, samples=samples, seconds=steady_s,
-                       steady_samples=steady_samples)
+                       steady_samples=steady_samples, warmup_s=warmup_s)
 
 
 def _run_epoch(s: Session) -> None:
     """Train one epoch, validate, apply early stopping, checkpoint."""
     tc, d, st = s.tc, s.d, s.st
     s.loss_model.train()
-    warm_before = s.warmup_s
     t0 = time.perf_counter()
     tot = train_steps(s)
     wall = time.perf_counter() - t0
@@ -518,7 +519,7 @@ def _run_epoch(s: Session) -> None:
     # steady rate; an epoch that is all warm-up (shorter than one logging interval) reports its wall rate
     rate = tot.steady_samples / tot.seconds if tot.seconds > 0 else tot.samples / max(wall, 1e-9)
     m.update(epoch=float(st.epoch), train_loss=train_loss, train_samples_per_s=rate,
-             train_warmup_s=s.warmup_s if warm_before is None and s.warmup_s is not None else 0.0,
+             train_warmup_s=tot.warmup_s,
              lr=s.opt.param_groups[0]["lr"])
     st.history.append(m)
     metric = m[tc.early_stopping_metric]
