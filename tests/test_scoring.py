@@ -136,7 +136,9 @@ def test_rerun_and_backfill(spark, scored: dict[str, Any]) -> None:  # type: ign
 
     cfg = scored["cfg"]
     before = {k: v.score for k, v in _scores(spark, cfg).items()}
+    cache = spark._jsparkSession.sharedState().cacheManager()
     run_scoring(spark, cfg, _ctx(D3, run_id="s2"))
+    assert cache.isEmpty()             # the engineered rows cached for the run were released
     after = _scores(spark, cfg)
     assert {k: v.score for k, v in after.items()} == before and {v.run_id for v in after.values()} == {"s2"}
     s = run_scoring(spark, cfg, _ctx(D2, D3, run_id="bf"))

@@ -165,9 +165,7 @@ def score_frame(spark: "SparkSession", cfg: SuiteConfig, loaded: LoadedModel, da
 def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_path: Optional[str] = None
                 ) -> ScoreSummary:
     """Score ``ctx.dates`` into ``scores`` (replaceWhere per date) and reconcile with the targets."""
-    from pyspark.sql import functions as F
-
-    from tsa_lib.spark.build_sequences import count_quarantined, sequence_targets, write_quarantine
+    from tsa_lib.spark.build_sequences import sequence_targets
 
     if not ctx.dates:
         raise UserError("score needs --run-date or --start-date/--end-date")
@@ -176,6 +174,26 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
     s = ScoreSummary(dates=tuple(dates), model=f"{loaded.name}/{loaded.version}")
     s.targets = sequence_targets(spark, cfg, dates)
     scored, frame = score_frame(spark, cfg, loaded, dates, ctx.run_id)
+    frame.cache()
+    try:
+        _write_scores(spark, cfg, ctx, loaded, scored, frame, s)
+    finally:
+        frame.release()
+    if s.scored + s.quarantined != s.targets:
+        raise ScoringError(f"scored {s.scored} + quarantined {s.quarantined} != targets {s.targets}")
+    log.info("scored %d orders of %s with %s (+%d quarantined)", s.scored, fmt_dates(dates),
+             s.model, s.quarantined)
+    return s
+
+
+def _write_scores(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, loaded: LoadedModel,
+                  scored: "DataFrame", frame: ExamplesFrame, s: ScoreSummary) -> None:
+    """Write the scores and the quarantine rows, and fill in the summary's counts."""
+    from pyspark.sql import functions as F
+
+    from tsa_lib.spark.build_sequences import count_quarantined, write_quarantine
+
+    dates = list(s.dates)
     rejected = frame.rejected
     out = scored.select(
         "*", F.lit(loaded.name).alias("model_name"), F.lit(loaded.version).alias("model_version"),
@@ -194,8 +212,3 @@ def run_scoring(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, model_
     s.scored = spark.read.format("delta").load(path).filter(F.col("ds").isin(dates)).count()
     s.quarantined = count_quarantined(spark, cfg, dates, JOB)
     s.without_features = log_without_features(frame, dates)
-    if s.scored + s.quarantined != s.targets:
-        raise ScoringError(f"scored {s.scored} + quarantined {s.quarantined} != targets {s.targets}")
-    log.info("scored %d orders of %s with %s (+%d quarantined)", s.scored, fmt_dates(dates),
-             s.model, s.quarantined)
-    return s

@@ -104,7 +104,18 @@ class ExamplesFrame:
     examples: "DataFrame"
     rejected: "DataFrame"       # order_id, event_time, reason, detail, raw
     without_features: "DataFrame"          # order_id of targets with no engineered row (defaults used)
+    engineered: "DataFrame"                # the targets' engineered rows, read by the three frames above
     labels: Optional["DataFrame"] = None   # order_id, event_time, label, label_pending (tsa_lib.spark.labels)
+
+    def cache(self) -> None:
+        """Keep the targets' engineered rows once read (one read of the features table for the
+        examples, the quarantine rows and the count, instead of one each); ``release`` frees them."""
+        from pyspark import StorageLevel
+
+        self.engineered.persist(StorageLevel.MEMORY_AND_DISK)
+
+    def release(self) -> None:
+        self.engineered.unpersist()
 
 
 def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders, dates: Sequence[dt.date],
@@ -191,7 +202,8 @@ def build_examples_frame(spark: "SparkSession", cfg: SuiteConfig, enc: Encoders,
         F.to_date("event_time").alias("ds"), *hist)
     without = targets.select("order_id").join(eng_raw, "order_id", "left_anti") if eng_cols else \
         targets.select("order_id").limit(0)
-    return ExamplesFrame(examples=examples, rejected=rejected, without_features=without, labels=known)
+    return ExamplesFrame(examples=examples, rejected=rejected, without_features=without, engineered=eng_raw,
+                         labels=known)
 
 
 def log_without_features(frame: ExamplesFrame, dates: Sequence[dt.date]) -> int:
@@ -220,9 +232,7 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
                        labels_as_of: Optional[dt.datetime] = None) -> ExamplesSummary:
     """Write the ``examples`` partitions of ``ctx.dates`` with the labels known at ``labels_as_of``
     (None: now) and reconcile them with the sequence targets."""
-    from pyspark.sql import functions as F
-
-    from tsa_lib.spark.build_sequences import count_quarantined, sequence_targets, write_quarantine
+    from tsa_lib.spark.build_sequences import sequence_targets
 
     if not ctx.dates:
         raise UserError("build_examples needs --run-date or --start-date/--end-date")
@@ -231,6 +241,28 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
     s = ExamplesSummary(dates=tuple(dates), labels_as_of=at)
     s.targets = sequence_targets(spark, cfg, dates)
     frame = build_examples_frame(spark, cfg, enc, dates, ctx.run_id, labels_as_of=at)
+    frame.cache()
+    try:
+        _write_examples(spark, cfg, ctx, enc, frame, s)
+    finally:
+        frame.release()
+    if s.examples + s.quarantined != s.targets:
+        raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
+                            f"{s.targets} for {fmt_dates(dates)}")
+    log.info("examples for %s: %d (+%d quarantined), %d with a label known before %s (%d positive), %d labels "
+             "not known yet (left unlabeled)", fmt_dates(dates), s.examples, s.quarantined, s.labeled,
+             at.isoformat(), s.positives, s.pending)
+    return s
+
+
+def _write_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext, enc: Encoders, frame: ExamplesFrame,
+                    s: ExamplesSummary) -> None:
+    """Write the examples and their quarantine rows, and fill in the summary's counts."""
+    from pyspark.sql import functions as F
+
+    from tsa_lib.spark.build_sequences import count_quarantined, write_quarantine
+
+    dates = list(s.dates)
     path = cfg.storage.table_path("examples", PROJECT_ROOT)
     schema = examples_schema()
     ensure_table(spark, path, schema, cfg.storage.qualified("examples"),
@@ -248,10 +280,3 @@ def run_build_examples(spark: "SparkSession", cfg: SuiteConfig, ctx: RunContext,
     assert frame.labels is not None
     s.pending = frame.labels.filter(F.col("label_pending")).count()
     s.without_features = log_without_features(frame, dates)
-    if s.examples + s.quarantined != s.targets:
-        raise ExamplesError(f"examples {s.examples} + quarantined {s.quarantined} != customer sequence targets "
-                            f"{s.targets} for {fmt_dates(dates)}")
-    log.info("examples for %s: %d (+%d quarantined), %d with a label known before %s (%d positive), %d labels "
-             "not known yet (left unlabeled)", fmt_dates(dates), s.examples, s.quarantined, s.labeled,
-             at.isoformat(), s.positives, s.pending)
-    return s
