@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tsa_lib.cli import RunContext
@@ -91,6 +92,14 @@ def test_job_equals_direct_call(spark, scored: dict[str, Any]) -> None:  # type:
         assert 0.0 < got[oid].score < 1.0
     r = got["5"]
     assert (r.model_name, r.model_version, r.run_id, r.ds) == ("scorer", "v1", "s1", D3)
+    from tsa_lib.features.tensorize import examples_to_batch
+    from tsa_lib.scoring.predict import predict, predict_scores
+
+    mb = examples_to_batch(ex.examples.toArrow(), loaded.encoders)
+    np.testing.assert_allclose(predict_scores(loaded, mb, 2), predict(loaded, mb, 3).score, atol=1e-6)
+    for fn in (predict, predict_scores):
+        with pytest.raises(ValueError, match="batch_size: must be >= 1, got 0"):
+            fn(loaded, mb, 0)
     assert spark.sql("SELECT count(*) AS n FROM scoretest.scores WHERE ds = DATE'2026-01-03'").first().n == 3
 
 

@@ -20,7 +20,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-ARTIFACT_KEY = "tsa_artifact"
+from tsa_lib.tracking import ARTIFACT_KEY
+
 DEFAULT_BATCH_SIZE = 1024
 
 
@@ -37,7 +38,7 @@ class TsaPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None
                 ) -> np.ndarray:
-        from tsa_lib.scoring.predict import predict
+        from tsa_lib.scoring.predict import predict_scores
         from tsa_lib.scoring.udf import UDF_COLUMNS, UdfInputError, to_model_batch
 
         if not isinstance(model_input, pd.DataFrame):
@@ -52,7 +53,7 @@ class TsaPyfunc(mlflow.pyfunc.PythonModel):
             raise UdfInputError(f"the TSA pyfunc needs columns {list(UDF_COLUMNS)}; missing "
                                 f"{[c for c in UDF_COLUMNS if c not in names]} (got {names})")
         batch_size = int((params or {}).get("batch_size") or DEFAULT_BATCH_SIZE)
-        return predict(self.loaded, to_model_batch(cols, self.loaded.encoders), batch_size).score
+        return predict_scores(self.loaded, to_model_batch(cols, self.loaded.encoders), batch_size)
 
 
 mlflow.models.set_model(TsaPyfunc())

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
@@ -53,35 +53,44 @@ def cached_model(path: str, version: str, device: Optional[str] = None, threads:
         return _CACHE[key]
 
 
-def predict(loaded: LoadedModel, mb: ModelBatch, batch_size: int = 1024) -> Predictions:
-    """Probabilities and explanations for every row of ``mb``, in batches of ``batch_size``."""
+def _batches(loaded: LoadedModel, mb: ModelBatch, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The model's positional inputs for ``mb``, ``batch_size`` rows at a time, on the model's device."""
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-    model, two = loaded.model, loaded.config.model_type == "two_seq"
-    dev = next(model.parameters()).device
-    scores, gates, ac, ak = [], [], [], []
-    n = len(mb)
+    dev = next(loaded.model.parameters()).device
+    fields = ("c_cat", "c_num", "c_dt", "c_mask") + (("k_cat", "k_num", "k_dt", "k_mask")
+                                                      if loaded.config.model_type == "two_seq" else ()) + ("eng",)
+    dtypes = {"cat": torch.int32, "num": torch.float32, "dt": torch.float32, "mask": torch.bool, "eng": torch.float32}
+    for s in range(0, len(mb), batch_size):
+        yield tuple(torch.from_numpy(np.require(getattr(mb, f)[s:s + batch_size], requirements=["C", "W"]))
+                    .to(dev, dtypes[f.split("_")[-1]]) for f in fields)
+
+
+def predict_scores(loaded: LoadedModel, mb: ModelBatch, batch_size: int = 1024) -> np.ndarray:
+    """Probabilities only (no explanations: the fused attention path) for every row of ``mb``."""
+    scores = []
     with torch.inference_mode():
-        for s in range(0, n, batch_size):
-            sl = slice(s, s + batch_size)
+        for inputs in _batches(loaded, mb, batch_size):
+            logits, _ = loaded.model(*inputs)
+            scores.append(torch.softmax(logits.float(), -1)[:, 1].cpu().numpy())
+    return np.concatenate(scores).astype(np.float64) if scores else np.zeros(0)
 
-            def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-                return torch.from_numpy(np.require(a[sl], requirements=["C", "W"])).to(dev, dtype)
 
-            c = (t(mb.c_cat, torch.int32), t(mb.c_num, torch.float32), t(mb.c_dt, torch.float32),
-                 t(mb.c_mask, torch.bool))
+def predict(loaded: LoadedModel, mb: ModelBatch, batch_size: int = 1024) -> Predictions:
+    """Probabilities and explanations for every row of ``mb``, in batches of ``batch_size``."""
+    two = loaded.config.model_type == "two_seq"
+    scores, gates, ac, ak = [], [], [], []
+    with torch.inference_mode():
+        for inputs in _batches(loaded, mb, batch_size):
+            logits, _, det = loaded.model(*inputs, return_details=True)
             if two:
-                k = (t(mb.k_cat, torch.int32), t(mb.k_num, torch.float32), t(mb.k_dt, torch.float32),
-                     t(mb.k_mask, torch.bool))
-                logits, _, det = model(*c, *k, t(mb.eng, torch.float32), return_details=True)
                 gates.append(det["gate"].float().cpu().numpy())
                 ac.append(det["attn_cid"].float().cpu().numpy())
                 ak.append(det["attn_ccid"].float().cpu().numpy())
             else:
-                logits, _, det = model(*c, t(mb.eng, torch.float32), return_details=True)
                 ac.append(det["attn"].float().cpu().numpy())
             scores.append(torch.softmax(logits.float(), -1)[:, 1].cpu().numpy())
-    length = mb.c_mask.shape[1] if n else 0
+    length = mb.c_mask.shape[1] if len(mb) else 0
     empty = np.zeros((0, length), np.float32)
     return Predictions(
         score=np.concatenate(scores).astype(np.float64) if scores else np.zeros(0),

@@ -27,7 +27,7 @@ import pandas as pd
 from tsa_lib.errors import UserError
 from tsa_lib.features.encoders import Encoders
 from tsa_lib.features.tensorize import ModelBatch, lens_to_mask
-from tsa_lib.scoring.predict import cached_model, predict
+from tsa_lib.scoring.predict import cached_model, predict_scores
 from tsa_lib.training.artifact import load_artifact, resolve_artifact
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,6 @@ def score_udf(model: str | Path, batch_size: int = 1024, device: Optional[str] =
     def tsa_score(batches: Iterator[Tuple[pd.Series, ...]]) -> Iterator[pd.Series]:
         m = cached_model(path_s, version, device, threads)
         for cols in batches:
-            yield pd.Series(predict(m, to_model_batch(cols, enc), batch_size).score)
+            yield pd.Series(predict_scores(m, to_model_batch(cols, enc), batch_size))
 
     return tsa_score
