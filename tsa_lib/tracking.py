@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 VERSION_TAG = "tsa.model_version"          # our artifact version, on the run and on the model version
 MODEL_CODE = Path(__file__).resolve().parent / "scoring" / "mlflow_model.py"
-ARTIFACT_KEY = "tsa_artifact"              # the pyfunc's artifact name (mlflow_model.ARTIFACT_KEY)
+ARTIFACT_KEY = "tsa_artifact"              # the pyfunc's name of the artifact folder
 MAX_KEY, MAX_PARAM_VALUE, MAX_TAG_VALUE, BATCH = 250, 6000, 8000, 100   # MLflow's limits
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -293,9 +293,7 @@ class TrainingRun:
                 name="model", python_model=str(MODEL_CODE), artifacts={ARTIFACT_KEY: str(folder)},
                 registered_model_name=name, signature=model_signature(), pip_requirements=_requirements(),
                 tags=tags, step=step)     # the logged model gets the run's metrics of ``step``: best_*
-        version = str(info.registered_model_version)
-        for k, v in tags.items():
-            self.client.set_model_version_tag(name, version, k, v)
+        version = str(info.registered_model_version)     # log_model put ``tags`` on the version too
         log.info("MLflow: registered %s version %s (our %s) from run %s", name, version, manifest.get("version"),
                  self.run_id)
         return version

@@ -104,8 +104,8 @@ def _record(spark: "SparkSession", cfg: SuiteConfig, row: dict[str, Any], ctx: R
         df.write.format("delta").mode("append").option("userMetadata", json.dumps(meta, default=str)).save(path)
     log.info("recorded %s of %s: %s (%s); champion is now %s", row["action"], row["model_version"],
              row["decision"], row["reason"], row["champion_after"])
-    if cfg.tracking.mlflow and row["champion_after"]:     # the registry's @champion follows; a failure only warns
-        from tsa_lib.tracking import mirror_champion
+    if row["champion_after"] and row["champion_after"] != row["champion_version"]:
+        from tsa_lib.tracking import mirror_champion    # the registry's @champion follows a change; a failure warns
 
         mirror_champion(cfg, row["champion_after"])
 
