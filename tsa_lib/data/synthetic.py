@@ -268,7 +268,6 @@ def _lookalikes(w: _World) -> None:
           label=np.zeros(nb, np.int8))
 
 
-
 def _card_testing(w: _World) -> None:
     rng, start, span, b, n_k, window_lo = w.rng, w.start, w.span, w.b, w.n_k, w.window_lo
     per_scenario, card_owner, home, next_cust = w.per_scenario, w.card_owner, w.home, w.next_cust
@@ -330,7 +329,6 @@ def _account_takeover(w: _World) -> None:
           scen=np.full(len(ep), "account_takeover", dtype=object), label=np.ones(len(ep), np.int8))
 
 
-
 def _stolen_card_new_account(w: _World) -> None:
     rng, start, span, b, window_lo = w.rng, w.start, w.span, w.b, w.window_lo
     per_scenario, is_new, card_owner, home, spend = w.per_scenario, w.is_new, w.card_owner, w.home, w.spend
@@ -371,7 +369,6 @@ def _velocity_ramp(w: _World) -> None:
           country=home[victims[ep]], dev=np.array([f"d{c}" for c in victims[ep]], dtype=object),
           amount=np.round(spend[victims[ep]] * 1.5 ** pos * rng.uniform(0.9, 1.1, len(ep)), 2),
           scen=np.full(len(ep), "velocity_ramp", dtype=object), label=np.ones(len(ep), np.int8))
-
 
 
 def _assemble(w: _World, dirty_rate: float) -> Generated:
@@ -431,6 +428,7 @@ def _assemble(w: _World, dirty_rate: float) -> Generated:
     log.info("generated %d orders (%d customers, fraud rate %.4f)", len(tx), next_cust,
              float(tx["is_fraud"].mean()))
     return Generated(transactions=tx.reset_index(drop=True), order_features=feats)
+
 
 def _add_dirty_rows(rng: np.random.Generator, tx: pd.DataFrame, rate: float) -> pd.DataFrame:
     """Corrupt a few rows the ways real feeds do; each kind gets its own ``scenario`` tag."""

@@ -164,6 +164,3 @@ def check_compatible(cfg: ModelConfig, enc: Encoders, where: str) -> None:
     if bad:
         raise ArtifactError(f"{where}: model config and encoders disagree: "
                             + ", ".join(f"{k} model={a} encoders={b}" for k, (a, b) in bad.items()))
-
-
-
