@@ -132,9 +132,19 @@ class _World:
     shared_user: np.ndarray
     b: _Builder = field(default_factory=_Builder)
     life_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    next_cust: int = 0              # fraudster accounts get fresh customer ids from here
+    next_cust: int = -1             # fraudster accounts get fresh customer ids from here (new_accounts)
     fraud_accounts_opened: list[np.ndarray] = field(default_factory=list)
     per_scenario: float = 0.0       # fraud orders wanted per fraud scenario
+
+    def __post_init__(self) -> None:
+        self.next_cust = self.n_c
+
+    def new_accounts(self, opened_at: np.ndarray) -> np.ndarray:
+        """Fresh customer ids for fraudster accounts opened at ``opened_at`` (epoch seconds)."""
+        ids = self.next_cust + np.arange(len(opened_at))
+        self.fraud_accounts_opened.append(np.stack([ids, opened_at]))
+        self.next_cust += len(opened_at)
+        return ids
 
     @property
     def n_c(self) -> int:
@@ -159,7 +169,6 @@ def generate(cfg: GeneratorConfig, dirty_rate: float = 0.0005) -> Generated:
     _lookalikes(w)
     n_legit = sum(len(p["ts"]) for p in w.b.parts)
     w.per_scenario = cfg.fraud_rate * n_legit / (1 - cfg.fraud_rate) / 4.0
-    w.next_cust = w.n_c
     for scenario in (_card_testing, _account_takeover, _stolen_card_new_account, _velocity_ramp):
         scenario(w)
     return _assemble(w, dirty_rate)
@@ -270,8 +279,7 @@ def _lookalikes(w: _World) -> None:
 
 def _card_testing(w: _World) -> None:
     rng, start, span, b, n_k, window_lo = w.rng, w.start, w.span, w.b, w.n_k, w.window_lo
-    per_scenario, card_owner, home, next_cust = w.per_scenario, w.card_owner, w.home, w.next_cust
-    fraud_accounts_opened = w.fraud_accounts_opened
+    per_scenario, card_owner, home = w.per_scenario, w.card_owner, w.home
     # card testing: 3-8 tiny charges 1-10 minutes apart, then 1-3 large ones, on one card
     n_ep = max(1, int(round(per_scenario / 7.5)))
     kcard = rng.integers(0, n_k, n_ep)
@@ -280,9 +288,7 @@ def _card_testing(w: _World) -> None:
     size = n_tiny + n_big
     t_ep = rng.integers(window_lo, start + span - 86400, n_ep)
     own = rng.random(n_ep) < 0.5  # half on the owner's account, half from a fraudster account
-    fr_acc = np.where(own, card_owner[kcard], next_cust + np.arange(n_ep))
-    fraud_accounts_opened.append(np.stack([next_cust + np.arange(n_ep), t_ep - rng.integers(0, 5, n_ep) * 86400]))
-    next_cust += n_ep
+    fr_acc = np.where(own, card_owner[kcard], w.new_accounts(t_ep - rng.integers(0, 5, n_ep) * 86400))
     gaps = rng.integers(60, 600, size.sum())
     times = np.repeat(t_ep, size) + _within_group_cumsum(gaps, size)
     pos = _within_group_index(size)
@@ -294,8 +300,6 @@ def _card_testing(w: _World) -> None:
           country=np.where(rng.random(n_ep) < 0.5, home[card_owner[kcard]], rng.choice(RISKY, n_ep))[ep],
           dev=np.array([f"x{e}" for e in ep], dtype=object), amount=amt,
           scen=np.full(len(ep), "card_testing", dtype=object), label=np.ones(len(ep), np.int8))
-
-    w.next_cust = next_cust
 
 
 def _account_takeover(w: _World) -> None:
@@ -332,14 +336,11 @@ def _account_takeover(w: _World) -> None:
 def _stolen_card_new_account(w: _World) -> None:
     rng, start, span, b, window_lo = w.rng, w.start, w.span, w.b, w.window_lo
     per_scenario, is_new, card_owner, home, spend = w.per_scenario, w.is_new, w.card_owner, w.home, w.spend
-    next_cust, fraud_accounts_opened = w.next_cust, w.fraud_accounts_opened
     # stolen card from a fresh account: a victim's card with history, a brand-new customer id
     n_ep = max(1, int(round(per_scenario / 3.0)))
     kcard = rng.choice(np.flatnonzero(~is_new[card_owner]), n_ep)  # established cards, with a history
     t_ep = rng.integers(min(window_lo + 7 * 86400, start + span - 2 * 86400), start + span - 86400, n_ep)
-    acc = next_cust + np.arange(n_ep)
-    fraud_accounts_opened.append(np.stack([acc, t_ep - rng.integers(0, 2 * 86400, n_ep)]))
-    next_cust += n_ep
+    acc = w.new_accounts(t_ep - rng.integers(0, 2 * 86400, n_ep))
     size = rng.integers(2, 5, n_ep)
     ep = np.repeat(np.arange(n_ep), size)
     times = np.repeat(t_ep, size) + _within_group_cumsum(rng.integers(600, 6 * 3600, len(ep)), size)
@@ -348,8 +349,6 @@ def _stolen_card_new_account(w: _World) -> None:
           dev=np.array([f"s{e}" for e in ep], dtype=object),
           amount=np.round(spend[card_owner[kcard[ep]]] * rng.uniform(2, 6, len(ep)), 2),
           scen=np.full(len(ep), "stolen_card_new_account", dtype=object), label=np.ones(len(ep), np.int8))
-
-    w.next_cust = next_cust
 
 
 def _velocity_ramp(w: _World) -> None:
