@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Result files go here; TSA_BENCH_RESULTS points a trial run (bench/gpu_check.sh SMOKE=1) elsewhere.
+RESULTS = Path(os.environ.get("TSA_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def _children(pid: int) -> list[int]:

@@ -14,7 +14,7 @@ excluded.  A step is forward + cross-entropy (+ MoE aux loss) + backward
 (+ an AdamW step with ``--optim``: fused on CUDA for the suite, the default
 foreach one for the plain reference).  The first ``--warmup`` steps (which include
 ``torch.compile``'s compilation) are not timed.  One JSON line per run is
-appended to ``--out`` (default ``bench/results/model.jsonl``).
+appended to ``--out`` (default ``bench/results/model.jsonl``, or ``$TSA_BENCH_RESULTS/model.jsonl``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _common import RESULTS  # noqa: E402
 
 from tsa_lib.models import (  # noqa: E402
     DataSizes,
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace, cfg: ModelConfig | None = None) -> dict[str, A
         model: Any = PlainTSA(cfg).to(device).train()
     else:
         model = build_model(cfg).to(device).train()
-    step_model = torch.compile(model) if args.compile else model
+    mode = getattr(args, "compile_mode", None)
+    step_model = torch.compile(model, mode=mode) if args.compile or mode else model
     opt = None
     if args.optim:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if plain else \
@@ -191,7 +193,8 @@ def run(args: argparse.Namespace, cfg: ModelConfig | None = None) -> dict[str, A
         "steps": args.steps,
         "warmup": args.warmup,
         "amp": args.amp,
-        "compile": args.compile,
+        "compile": args.compile or bool(mode),
+        "compile_mode": mode,
         "optim": args.optim,
         "grad_checkpointing": cfg.grad_checkpointing,
         "device": str(device),
@@ -224,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None,
                    help="autocast dtype (default: bf16 on CUDA, none on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile-mode", default=None, choices=["reduce-overhead", "max-autotune"],
+                   help="torch.compile mode (implies --compile); reduce-overhead replays CUDA graphs")
     p.add_argument("--optim", action="store_true", help="include an AdamW step in each timed step")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "model.jsonl"))
+    p.add_argument("--out", default=str(RESULTS / "model.jsonl"))
     args = p.parse_args(argv)
     cuda = (args.device == "auto" and torch.cuda.is_available()) or args.device.startswith("cuda")
     args.batch = args.batch or (1024 if cuda else 64)
