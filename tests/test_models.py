@@ -58,6 +58,9 @@ def _one_cpu_thread() -> Any:
 
 
 
+needs_grouped_mm = pytest.mark.skipif(not hasattr(torch, "_grouped_mm"),
+                                      reason=f"torch {torch.__version__} has no torch._grouped_mm")
+DISPATCHES = [pytest.param("grouped_mm", marks=needs_grouped_mm), "bmm"]
 TINY_SIZES = DataSizes(n_cat_features=4, n_num_features=3, n_engineered=5, vocab_size=50, seq_len=8)
 
 
@@ -412,7 +415,7 @@ def test_gradients_reach_every_parameter(tiny: ModelConfig, model_type: str, num
     assert torch.equal(model.embedding.weight.grad[0], torch.zeros(cfg.dim_embed))
 
 
-@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+@pytest.mark.parametrize("dispatch", DISPATCHES)
 def test_unrouted_expert_gets_zero_not_none_gradient(dispatch: str) -> None:
     torch.manual_seed(0)
     moe = MixtureOfExperts(8, 3, 16, top_k=1, dispatch=dispatch)
@@ -460,6 +463,7 @@ def test_gradient_checkpointing_same_loss_and_grads(tiny: ModelConfig, model_typ
 # --------------------------------------------------------------------------- components
 
 
+@needs_grouped_mm
 def test_moe_routes_each_token_to_exactly_k_experts_and_computes_only_those(
         monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
@@ -509,7 +513,7 @@ def test_moe_top1_uses_raw_router_probability() -> None:
 MOE_SIZES = [(8, 16), (6, 10)]  # (D, H): aligned for grouped_mm at fp32 and bf16; not aligned at either
 
 
-@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+@pytest.mark.parametrize("dispatch", DISPATCHES)
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dim, hidden", MOE_SIZES)
@@ -537,6 +541,7 @@ def _moe_step(moe: MixtureOfExperts, dispatch: str, x: torch.Tensor, mask: torch
     return [out, aux, xg.grad] + [p.grad.clone() for p in moe.parameters()]
 
 
+@needs_grouped_mm
 @pytest.mark.parametrize("dim, hidden", MOE_SIZES)
 def test_moe_bmm_fallback_equals_grouped_mm(dim: int, hidden: int) -> None:
     """Same outputs, aux loss and gradients (input and every parameter) from both expert kernels."""
@@ -550,6 +555,7 @@ def test_moe_bmm_fallback_equals_grouped_mm(dim: int, hidden: int) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@needs_grouped_mm
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_moe_rows_past_the_last_offset_never_leak(monkeypatch: pytest.MonkeyPatch, dropout: float) -> None:
     """``torch._grouped_mm`` leaves the rows past the last offset (padded tokens) uninitialised,
@@ -593,7 +599,7 @@ def test_moe_rows_past_the_last_offset_never_leak(monkeypatch: pytest.MonkeyPatc
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+@pytest.mark.parametrize("dispatch", DISPATCHES)
 @pytest.mark.parametrize("dim, hidden", MOE_SIZES)
 def test_moe_autocast_bf16_agrees_with_fp32(dispatch: str, dim: int, hidden: int) -> None:
     torch.manual_seed(0)
@@ -617,7 +623,7 @@ def test_moe_autocast_bf16_agrees_with_fp32(dispatch: str, dim: int, hidden: int
         assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
 
 
-@pytest.mark.parametrize("dispatch", ["grouped_mm", "bmm"])
+@pytest.mark.parametrize("dispatch", DISPATCHES)
 def test_moe_empty_and_fully_padded_inputs(dispatch: str) -> None:
     torch.manual_seed(0)
     moe = MixtureOfExperts(8, 3, 16, top_k=2, dispatch=dispatch)

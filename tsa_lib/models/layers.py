@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from tsa_lib.models.config import ModelPreset
 
@@ -50,6 +51,27 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _grouped_mm_traces(dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm``'s meta kernel (what ``torch.compile`` traces with) takes ``dtype``.
+
+    torch 2.11's takes bf16 only, though its CPU kernel also runs fp32 and fp16 eagerly.
+    """
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        torch._grouped_mm(torch.empty(8, 8, dtype=dtype, device="meta"),
+                          torch.empty(2, 8, 8, dtype=dtype, device="meta"),
+                          offs=torch.empty(2, dtype=torch.int32, device="meta"))
+    except RuntimeError:
+        return False
+    return True
+
+
+#: the dtypes at which ``torch._grouped_mm`` runs and compiles, found once at import
+_GROUPED_MM_DTYPES = frozenset(dt for dt in (torch.float32, torch.bfloat16, torch.float16)
+                               if _grouped_mm_traces(dt))
 
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -278,15 +300,16 @@ class MixtureOfExperts(nn.Module):
         """Whether ``torch._grouped_mm`` runs on ``device`` at ``dtype`` without a host sync.
 
         CPU: fp32, bf16 and fp16 (a loop over the groups inside the kernel, the
-        offsets already on the host).  CUDA: bf16 on compute capability 9.x (the
+        offsets already on the host), where ``torch.compile`` can trace it at that
+        dtype too (torch 2.11: bf16 only).  CUDA: bf16 on compute capability 9.x (the
         grouped GEMM kernel); other CUDA dtypes go through a fallback that copies the
         offsets to the host, and on compute capability 10.x groups without rows are
         reported to get non-zero weight gradients (pytorch/pytorch#172439).
         """
-        if not hasattr(torch, "_grouped_mm"):
+        if dtype not in _GROUPED_MM_DTYPES:
             return False
         if device.type == "cpu":
-            return dtype in (torch.float32, torch.bfloat16, torch.float16)
+            return True
         if device.type == "cuda":
             return dtype == torch.bfloat16 and torch.cuda.get_device_properties(device).major == 9
         return False
@@ -659,7 +682,7 @@ def run_layer_stack(
         qi = 0 if last else None
         nw = need_weights and last
         if checkpointing:
-            x, w_i, aux = torch.utils.checkpoint.checkpoint(
+            x, w_i, aux = checkpoint(
                 layer, x, key_padding_mask, nw, qi, use_reentrant=False)
         else:
             x, w_i, aux = layer(x, key_padding_mask, nw, qi)

@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from tsa_lib.models.config import ModelConfig
 from tsa_lib.models.layers import (
@@ -111,7 +112,7 @@ class OrderAttentionLayer(nn.Module):
             emb_weight = self.embedding.weight
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         if ckpt:
-            x = torch.utils.checkpoint.checkpoint(
+            x = checkpoint(
                 self.order_tokens, x_cat, x_num, time_seq, emb_weight, use_reentrant=False)
         else:
             x = self.order_tokens(x_cat, x_num, time_seq, emb_weight)
