@@ -36,19 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(args.log_level if rank == 0 else "WARNING")
-    from tsa_lib.training.trainer import init_distributed, plan_training, train
+    from tsa_lib.training.trainer import distributed, plan_training, train
 
     cfg = load_config(args.config)
     run_date = parse_date("--run-date", args.run_date) if args.run_date else None
     plan = plan_training(cfg, args.encoders, args.run_dir, run_date)  # every check happens before training
-    d = init_distributed()
-    try:
+    with distributed() as d:
         artifact = train(plan, resume=args.resume, d=d)
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
     if artifact is not None:
         print(f"model artifact: {artifact}")
     return 0

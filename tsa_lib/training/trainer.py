@@ -24,9 +24,10 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -134,6 +135,23 @@ def init_distributed() -> Dist:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(rank=rank, world=world, local_rank=local, device=device)
+
+
+@contextmanager
+def distributed() -> Iterator[Dist]:
+    """This process's place in the job (``init_distributed``); the process group is torn down on leaving.
+
+    On success every rank first waits at a barrier, so that none leaves the group while another (rank 0
+    writing the artifact) still works: a rank tearing down after its peers have exited can hang in
+    ``destroy_process_group``.  On an error the group is left as it is: the process exits with the
+    error and torchrun stops the other ranks, where a teardown against a peer still inside a
+    collective would hang instead of failing.
+    """
+    d = init_distributed()
+    yield d
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _all_sum(x: float, d: Dist) -> float:
