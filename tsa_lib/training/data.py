@@ -192,8 +192,39 @@ def _device_budget(device: torch.device) -> int:
     return int(free * DEVICE_SHARE)
 
 
+class TrainingData:
+    """A rank's labeled examples, served as batches of an epoch (``TensorData`` or ``StreamedData``)."""
+
+    n: int
+    device: torch.device
+    on_device: bool
+    streamed = False           # read from the files again in every epoch
+
+    @property
+    def host_bytes(self) -> int:
+        raise NotImplementedError
+
+    def labels(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, seed: int, epoch: int, start_step: int = 0, shuffle: bool = True,
+                drop_last: bool = False, steps: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def num_steps(self, batch_size: int, drop_last: bool = False, steps: Optional[int] = None) -> int:
+        """Batches in an epoch (at most ``steps``)."""
+        n = self.n // batch_size if drop_last else -(-self.n // batch_size)
+        return n if steps is None else min(n, steps)
+
+    def _to_model(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A host batch on the device (pinned, non-blocking) in the model's dtypes."""
+        if self.device.type == "cuda":
+            b = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in b.items()}
+        return _model_dtypes(b)
+
+
 @dataclass
-class TensorData:
+class TensorData(TrainingData):
     """One shard as tensors on ``device`` when it fits there, else in (pinned) host memory."""
 
     tensors: dict[str, torch.Tensor]
@@ -214,10 +245,6 @@ class TensorData:
         return cls(tensors=t, n=len(batch), device=device, on_device=on_device)
 
     @property
-    def streamed(self) -> bool:
-        return False
-
-    @property
     def host_bytes(self) -> int:
         return 0 if self.on_device else _nbytes(self.tensors)
 
@@ -232,9 +259,7 @@ class TensorData:
             perm = torch.randperm(self.n, generator=g)
         else:
             perm = torch.arange(self.n)
-        n_steps = self.num_steps(batch_size, drop_last)
-        if steps is not None:
-            n_steps = min(n_steps, steps)
+        n_steps = self.num_steps(batch_size, drop_last, steps)
         if self.on_device:
             perm = perm.to(self.device)
         nxt: Optional[dict[str, torch.Tensor]] = None
@@ -247,15 +272,10 @@ class TensorData:
 
     def _gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {k: v.index_select(0, idx) for k, v in self.tensors.items()}
-        if not self.on_device and self.device.type == "cuda":
-            out = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in out.items()}
-        return _model_dtypes(out)
-
-    def num_steps(self, batch_size: int, drop_last: bool = False) -> int:
-        return self.n // batch_size if drop_last else -(-self.n // batch_size)
+        return _model_dtypes(out) if self.on_device else self._to_model(out)
 
 
-class StreamedData:
+class StreamedData(TrainingData):
     """A shard too large for host memory, read from its Delta files again in every epoch.
 
     The epoch's order: the shard's files in a permutation seeded by (seed, epoch), each read in
@@ -266,6 +286,8 @@ class StreamedData:
     epoch again up to that step.  At most two chunks (the rest of one, the next) and a batch are in
     memory at a time.
     """
+
+    streamed = True
 
     def __init__(self, shard: Shard, enc: Encoders, device: torch.device, chunk_rows: int,
                  labels_as_of: Optional[dt.datetime] = None) -> None:
@@ -291,18 +313,11 @@ class StreamedData:
         self.on_device = False
 
     @property
-    def streamed(self) -> bool:
-        return True
-
-    @property
     def host_bytes(self) -> int:
         return self.chunk_rows * bytes_per_row(self.enc) * HOST_OVERHEAD
 
     def labels(self) -> np.ndarray:
         return self._labels
-
-    def num_steps(self, batch_size: int, drop_last: bool = False) -> int:
-        return self.n // batch_size if drop_last else -(-self.n // batch_size)
 
     def _chunks(self, order: np.ndarray, columns: Optional[list[str]] = None) -> Iterator["pa.Table"]:
         """The shard's rows, file by file in ``order``, in chunks of at most ``chunk_rows`` rows."""
@@ -325,9 +340,7 @@ class StreamedData:
     def batches(self, batch_size: int, seed: int, epoch: int, start_step: int = 0, shuffle: bool = True,
                 drop_last: bool = False, steps: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
         """Batches of the epoch's order (see the class), from ``start_step`` on (at most ``steps``)."""
-        n_steps = self.num_steps(batch_size, drop_last)
-        if steps is not None:
-            n_steps = min(n_steps, steps)
+        n_steps = self.num_steps(batch_size, drop_last, steps)
         g = np.random.default_rng([seed, epoch])
         order = g.permutation(len(self.shard.fragments)) if shuffle else np.arange(len(self.shard.fragments))
         step, pending, have = 0, [], 0
@@ -344,17 +357,12 @@ class StreamedData:
             while have >= batch_size and step < n_steps:
                 b, pending, have = _take(pending, batch_size), _rest(pending, batch_size), have - batch_size
                 if step >= start_step:
-                    yield self._to_device(b)
+                    yield self._to_model(b)
                 step += 1
         if have and step < n_steps and not drop_last:
             b = _take(pending, have)
             if step >= start_step:
-                yield self._to_device(b)
-
-    def _to_device(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.device.type == "cuda":
-            b = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in b.items()}
-        return _model_dtypes(b)
+                yield self._to_model(b)
 
 
 def _take(parts: list[dict[str, torch.Tensor]], n: int) -> dict[str, torch.Tensor]:
@@ -385,7 +393,7 @@ def _rest(parts: list[dict[str, torch.Tensor]], n: int) -> list[dict[str, torch.
 
 
 def load_training_data(shard: Shard, enc: Encoders, device: torch.device, host_budget_bytes: int,
-                       labels_as_of: Optional[dt.datetime] = None) -> tuple["TensorData | StreamedData", int]:
+                       labels_as_of: Optional[dt.datetime] = None) -> tuple[TrainingData, int]:
     """The shard's labeled rows, in memory when reading them fits ``host_budget_bytes``, else streamed
     from its files in chunks of at most a quarter of the budget; and the number of rows read, labeled
     or not."""
@@ -409,5 +417,5 @@ def model_inputs(b: dict[str, torch.Tensor], model_type: str) -> tuple[torch.Ten
     return (*c, b["k_cat"], b["k_num"], b["k_dt"], b["k_mask"], b["eng"])
 
 
-__all__ = ["DataError", "Shard", "StreamedData", "TensorData", "bytes_per_row", "cat_dtype", "labeled",
+__all__ = ["DataError", "Shard", "StreamedData", "TensorData", "TrainingData", "bytes_per_row", "cat_dtype", "labeled",
            "load_training_data", "model_inputs", "read_examples", "read_shard", "table_version", "TENSOR_FIELDS"]

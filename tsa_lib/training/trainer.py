@@ -44,8 +44,7 @@ from tsa_lib.schedule import TrainingWindows, training_windows
 from tsa_lib.training.data import (
     DataError,
     Shard,
-    StreamedData,
-    TensorData,
+    TrainingData,
     load_training_data,
     model_inputs,
     table_version,
@@ -242,7 +241,7 @@ def _class_weight(labels: np.ndarray, tc: TrainConfig, d: Dist) -> torch.Tensor:
     return torch.tensor([1.0, min(w, tc.max_pos_weight)], dtype=torch.float32, device=d.device)
 
 
-def evaluate(model: torch.nn.Module, data: TensorData | StreamedData, model_type: str, tc: TrainConfig, d: Dist,
+def evaluate(model: torch.nn.Module, data: TrainingData, model_type: str, tc: TrainConfig, d: Dist,
              weight: torch.Tensor) -> dict[str, float]:
     """Validation loss and metrics over all ranks' shards."""
     model.eval()
@@ -349,8 +348,8 @@ class Session:
     version: int
     as_of: Optional[dt.datetime]
     counts: dict[str, int]
-    train_data: TensorData | StreamedData
-    valid_data: TensorData | StreamedData
+    train_data: TrainingData
+    valid_data: TrainingData
     weight: torch.Tensor
     steps_per_epoch: int
     model: torch.nn.Module
