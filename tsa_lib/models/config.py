@@ -96,6 +96,10 @@ class DataSizes:
         _check_int("vocab_size", self.vocab_size, 3)
         _check_int("seq_len", self.seq_len, 1)
 
+    def sizes(self) -> "DataSizes":
+        """The sizes alone (of a ``ModelConfig`` too)."""
+        return DataSizes(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataSizes)})
+
     @staticmethod
     def of(encoders: Any) -> "DataSizes":
         """The sizes fitted encoders (``tsa_lib.features.encoders.Encoders``) produce."""
@@ -198,14 +202,10 @@ class ModelConfig(ModelPreset, DataSizes):
         ModelPreset.__post_init__(self)
         DataSizes.__post_init__(self)
 
-    def sizes(self) -> DataSizes:
-        return DataSizes(**{k: getattr(self, k) for k in SIZE_KEYS})
-
 
 def model_config(preset: ModelPreset, data: Any) -> ModelConfig:
     """The model config of ``preset`` for ``data``: ``DataSizes``, or fitted encoders (their sizes)."""
-    sizes = DataSizes(**{k: getattr(data, k) for k in SIZE_KEYS}) if isinstance(data, DataSizes) \
-        else DataSizes.of(data)
+    sizes = data.sizes() if isinstance(data, DataSizes) else DataSizes.of(data)
     return ModelConfig(**to_dict(preset.preset()), **dataclasses.asdict(sizes))
 
 
