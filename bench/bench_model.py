@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, cfg: ModelConfig | None = None) -> dict[str, A
         model: Any = PlainTSA(cfg).to(device).train()
     else:
         model = build_model(cfg).to(device).train()
-    mode = getattr(args, "compile_mode", None)
+    mode = args.compile_mode
     step_model = torch.compile(model, mode=mode) if args.compile or mode else model
     opt = None
     if args.optim:

@@ -93,9 +93,9 @@ def run_bare_step(args: argparse.Namespace) -> float:
     import bench_model
 
     step = argparse.Namespace(device="auto", threads=None, impl="suite", batch=args.batch, warmup=args.warmup,
-                              steps=args.steps - args.warmup, amp=args.amp, compile=args.compile, optim=True,
-                              flops=False, preset=args.preset, model=args.model, moe=args.moe,
-                              grad_checkpointing=False)
+                              steps=args.steps - args.warmup, amp=args.amp, compile=args.compile,
+                              compile_mode=None, optim=True, flops=False, preset=args.preset, model=args.model,
+                              moe=args.moe, grad_checkpointing=False)
     return float(bench_model.run(step, _configs(args)[2])["samples_per_s"])
 
 
